@@ -1,0 +1,148 @@
+"""The published dataset's schema, written down once, and the migration of older files to it.
+
+Every reader and writer of the dataset goes through `conform`, `read_dataset_file` and
+`dataset_to_parquet` so the columns, their types and their order are decided here only.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COUNT_COLUMNS = ("last_day", "last_week", "last_month")
+
+#: The columns consumers read, in file order. Counts are nullable 64-bit integers; `updated_at` is
+#: Unix seconds (float) when the row was fetched.
+DATASET_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("last_day", pa.int64()),
+        pa.field("last_week", pa.int64()),
+        pa.field("last_month", pa.int64()),
+        pa.field("status", pa.string()),
+        pa.field("updated_at", pa.float64()),
+    ]
+)
+COLUMNS = tuple(DATASET_SCHEMA.names)
+
+#: `status` values: pypistats returned counts / pypistats has no data for the project (404).
+STATUS_VALID = "valid"
+STATUS_EMPTY = "empty"
+STATUSES = (STATUS_VALID, STATUS_EMPTY)
+
+_NORMALIZE = re.compile(r"[-_.]+")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file that cannot be read as this dataset (bad columns, bad values, corrupt bytes)."""
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalized project name, the form pypistats and the index URLs use."""
+    return _NORMALIZE.sub("-", name).lower()
+
+
+def normalize_names(names: pd.Series) -> pd.Series:
+    """`normalize_name` over a whole column (vectorised: 900k names in well under a second)."""
+    return names.str.replace(_NORMALIZE, "-", regex=True).str.lower()
+
+
+def empty_dataset() -> pd.DataFrame:
+    """A dataset with no rows and the current dtypes."""
+    return conform(pd.DataFrame({column: [] for column in COLUMNS}))
+
+
+def conform(frame: pd.DataFrame, *, source: str = "dataset") -> pd.DataFrame:
+    """Return `frame` in the current schema: column order, dtypes, derived `status` for old files.
+
+    Accepts the earlier float64 layout (NaN for null, maybe no `status` column) and migrates it.
+    Raises `DatasetFormatError` naming the problem for missing or unexpected columns, counts that
+    are not whole non-negative numbers, unknown status values, or missing names.
+    """
+    columns = list(frame.columns)
+    missing = [c for c in COLUMNS if c not in columns and c != "status"]
+    unexpected = [c for c in columns if c not in COLUMNS]
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing columns {missing}")
+        if unexpected:
+            problems.append(f"unexpected columns {unexpected}")
+        raise DatasetFormatError(f"{source}: {'; '.join(problems)} (expected {list(COLUMNS)})")
+
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for column in ("name", "url"):
+        values = frame[column].reset_index(drop=True)
+        if values.isna().any():
+            raise DatasetFormatError(f"{source}: column {column!r} has {int(values.isna().sum())} empty values")
+        out[column] = values.astype(str)
+
+    for column in COUNT_COLUMNS:
+        out[column] = _counts(frame[column].reset_index(drop=True), column, source)
+
+    updated_at = pd.to_numeric(frame["updated_at"].reset_index(drop=True), errors="coerce")
+    bad = updated_at.isna() & frame["updated_at"].reset_index(drop=True).notna()
+    if bad.any():
+        raise DatasetFormatError(f"{source}: column 'updated_at' has {int(bad.sum())} non-numeric values")
+    out["updated_at"] = updated_at.astype("float64")
+
+    if "status" in columns:
+        status = frame["status"].reset_index(drop=True).astype(object).where(frame["status"].notna().to_numpy(), None)
+        unknown = set(status.dropna().unique()) - set(STATUSES)
+        if unknown:
+            raise DatasetFormatError(f"{source}: column 'status' has unknown values {sorted(map(str, unknown))}")
+    else:
+        # Earlier files had no status: fetched with counts = valid, fetched without = empty.
+        status = pd.Series(np.where(out["updated_at"].notna(), STATUS_EMPTY, None), dtype=object)
+        status[out["last_month"].notna().to_numpy()] = STATUS_VALID
+    out.insert(5, "status", status.astype(object))
+    return out[list(COLUMNS)]
+
+
+def _counts(values: pd.Series, column: str, source: str) -> pd.Series:
+    numeric = pd.to_numeric(values, errors="coerce")
+    if (numeric.isna() & values.notna()).any():
+        raise DatasetFormatError(f"{source}: column {column!r} has non-numeric values")
+    as_float = numeric.astype("float64")
+    fractional = as_float.notna() & (as_float != np.floor(as_float))
+    negative = as_float < 0
+    if fractional.any() or negative.any():
+        raise DatasetFormatError(f"{source}: column {column!r} has values that are not whole non-negative counts")
+    return numeric.astype("Int64")
+
+
+def dataset_to_parquet(frame: pd.DataFrame) -> bytes:
+    """Serialise a conformed dataset to Parquet bytes with `DATASET_SCHEMA` (deterministic output)."""
+    table = pa.Table.from_pandas(conform(frame), schema=DATASET_SCHEMA, preserve_index=False)
+    # No pandas metadata: the file describes itself with the Arrow schema alone, and identical
+    # data always gives identical bytes (so an unchanged dataset is detectable and never re-committed).
+    table = table.replace_schema_metadata(None)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def read_dataset_file(data: bytes, filename: str) -> pd.DataFrame:
+    """Parse `dataset.parquet` or `dataset.csv` bytes into a conformed frame.
+
+    Raises `DatasetFormatError` when the bytes are not a readable file of that kind or its
+    columns and values do not fit the dataset (never returns an empty frame for a bad file).
+    """
+    try:
+        if filename.endswith(".parquet"):
+            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+        elif filename.endswith(".csv"):
+            frame = pd.read_csv(io.BytesIO(data), dtype={"name": str, "url": str, "status": str}, keep_default_na=False, na_values=[""])
+        else:
+            raise DatasetFormatError(f"{filename}: unsupported dataset file type")
+    except DatasetFormatError:
+        raise
+    except Exception as exc:  # pyarrow/pandas raise many types for corrupt bytes
+        raise DatasetFormatError(f"{filename}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    return conform(frame, source=filename)
