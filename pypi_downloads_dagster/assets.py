@@ -1,0 +1,265 @@
+"""The lineage as Dagster assets: index -> existing dataset -> stale plan -> chunked pypistats
+fetches -> merged dataset -> charts -> dataset card, published in one commit. Each asset is a thin
+wrapper: the work is in the plain modules, the asset reports what happened."""
+
+
+import base64
+import datetime as dt
+import time
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from pypi_downloads_dagster.card import render_dataset_card
+from pypi_downloads_dagster.charts import render_charts
+from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
+from pypi_downloads_dagster.hub import DATASET_FILE, ExistingDataset, publish_dataset, read_existing_dataset
+from pypi_downloads_dagster.partitions import recent_stats_chunks
+from pypi_downloads_dagster.pypistats import fetch_many
+from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.schema import STATUS_EMPTY, STATUS_VALID, dataset_to_parquet
+
+GROUP = "pypi_downloads"
+PREVIEW_ROWS = 10
+
+
+class IndexConfig(dg.Config):
+    min_projects: int = Field(default=1, description="Fail when the index lists fewer valid projects than this.")
+
+
+class PlanConfig(dg.Config):
+    stale_after_days: float = Field(default=30, description="Refetch rows older than this many days.")
+    max_packages: Optional[int] = Field(default=None, description="Plan at most this many packages per cycle.")
+    chunk_size: int = Field(default=1000, description="Packages per recent_stats partition.")
+
+
+class PublishConfig(dg.Config):
+    max_row_loss_share: float = Field(
+        default=0.05, description="Refuse to publish when the dataset would lose more than this share of its rows."
+    )
+
+
+def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(PREVIEW_ROWS).to_markdown(index=False) if len(frame) else "(no rows)")
+
+
+def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {
+        "rows": len(frame),
+        "valid": int((frame["status"] == STATUS_VALID).sum()),
+        "empty": int((frame["status"] == STATUS_EMPTY).sum()),
+        "never_fetched": int(frame["updated_at"].isna().sum()),
+    }
+
+
+@dg.asset(group_name=GROUP)
+def pypi_index(context: dg.AssetExecutionContext, config: IndexConfig, index_source: PypiIndexSource) -> dg.Output[pd.DataFrame]:
+    """Every project on the PyPI simple index (PEP 691 JSON, PEP 503 HTML as fallback): display
+    name, normalized name and project URL. Invalid names are dropped and counted."""
+    index = index_source.fetch(min_projects=config.min_projects)
+    if index.invalid_names:
+        context.log.warning(f"dropped {len(index.invalid_names)} invalid project names, e.g. {index.invalid_names[:5]!r}")
+    return dg.Output(
+        index.projects,
+        metadata={
+            "projects": len(index.projects),
+            "invalid_names_dropped": len(index.invalid_names),
+            "duplicate_names_dropped": index.duplicates,
+            "format": index.format,
+            "last_serial": index.last_serial if index.last_serial is not None else -1,
+            "preview": _preview(index.projects),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP)
+def existing_dataset(dataset_repo: DatasetRepoResource) -> dg.Output[ExistingDataset]:
+    """The dataset as currently published (dataset.parquet, else the older dataset.csv), migrated to
+    the current schema. Empty only when the repo or both files do not exist; any other failure
+    fails the run."""
+    repo = dataset_repo.repo()
+    existing = read_existing_dataset(repo)
+    return dg.Output(
+        existing,
+        metadata={
+            **_status_counts(existing.frame),
+            "source": f"{repo.description}: {existing.source or 'no dataset file yet'}",
+            "revision": existing.revision or "none (repo does not exist yet)",
+            "preview": _preview(existing.frame),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP)
+def stale_packages(
+    context: dg.AssetExecutionContext, config: PlanConfig, pypi_index: pd.DataFrame, existing_dataset: ExistingDataset
+) -> dg.Output[pd.DataFrame]:
+    """The plan of this cycle: projects never fetched or fetched more than `stale_after_days` ago,
+    oldest first, split into chunks that become the partitions of `recent_stats`."""
+    started = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
+    plan_id = started.strftime("%Y%m%dT%H%M%S")
+    plan = plan_stale(
+        pypi_index,
+        existing_dataset.frame,
+        now=started.timestamp(),
+        plan_id=plan_id,
+        stale_after_days=config.stale_after_days,
+        max_packages=config.max_packages,
+        chunk_size=config.chunk_size,
+    )
+    keys = list(dict.fromkeys(plan["chunk"]))
+    if keys:
+        context.instance.add_dynamic_partitions(recent_stats_chunks.name, keys)
+    context.log.info(f"plan {plan_id}: {len(plan)} stale packages in {len(keys)} chunks")
+    return dg.Output(
+        plan,
+        metadata={
+            "plan_id": plan_id,
+            "packages": len(plan),
+            "never_fetched": int(plan["updated_at"].isna().sum()),
+            "chunks": len(keys),
+            "chunk_keys": dg.MetadataValue.json(keys),
+            "preview": _preview(plan),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=recent_stats_chunks,
+    pool="pypistats",
+    check_specs=[dg.AssetCheckSpec("every_package_answered", asset="recent_stats", description="No package failed after retries.")],
+)
+def recent_stats(context: dg.AssetExecutionContext, stale_packages: pd.DataFrame, pypistats: PypistatsApi):
+    """Recent download counts (last day/week/month) from pypistats for one chunk of the plan,
+    requested by normalized name. 404 records 'empty'; packages that still fail after retries are
+    left out (their rows stay as they were) and reported by the check."""
+    key = context.partition_key
+    names = stale_packages.loc[stale_packages["chunk"] == key, "normalized"].tolist()
+    if not names:
+        raise dg.Failure(
+            f"chunk {key} is not part of the current plan (plan chunks start with "
+            f"{stale_packages['chunk'].iloc[0][:15] if len(stale_packages) else 'nothing: the plan is empty'}); "
+            "materialize stale_packages to plan again"
+        )
+    client = pypistats.client()
+    context.log.info(f"chunk {key}: {len(names)} packages over {len(client.egresses)} egress(es) at {client.pacing.interval:.2f}s per request each")
+    started = time.monotonic()
+    last_report = [started]
+
+    def progress(done: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last_report[0] >= 30:
+            last_report[0] = now
+            context.log.info(f"chunk {key}: {done}/{total} packages answered, {failed} failed so far")
+
+    result = fetch_many(client, pypistats.url, names, on_progress=progress)
+    seconds = time.monotonic() - started
+    failed_sample = dict(list(result.failed.items())[:20])
+    if len(result.fetched) == 0 and result.failed:
+        raise dg.Failure(
+            f"chunk {key}: all {len(names)} packages failed, e.g. {next(iter(result.failed.values()))}",
+            metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
+        )
+    yield dg.Output(
+        result.fetched,
+        metadata={
+            "requested": len(names),
+            "valid": result.valid,
+            "empty": result.empty,
+            "failed": len(result.failed),
+            "seconds": round(seconds, 1),
+            "requests_per_second": round(len(names) / seconds, 2) if seconds else 0.0,
+            "preview": _preview(result.fetched),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="every_package_answered",
+        passed=not result.failed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
+    )
+
+
+@dg.asset(group_name=GROUP, ins={"recent_stats": dg.AssetIn(metadata={"allow_missing_partitions": True})})
+def merged_dataset(
+    context: dg.AssetExecutionContext,
+    pypi_index: pd.DataFrame,
+    existing_dataset: ExistingDataset,
+    recent_stats: dict[str, pd.DataFrame],
+) -> dg.Output[pd.DataFrame]:
+    """The new dataset: one row per project on the current index, sorted by name, with the newest
+    fetched counts from every `recent_stats` chunk applied over the published rows."""
+    fetched = newest_fetches(recent_stats.values())
+    merged, stats = merge_dataset(existing_dataset.frame, pypi_index, fetched)
+    context.log.info(
+        f"merged {len(recent_stats)} chunks: {stats.updated} rows updated, {stats.added} added, {stats.removed} removed"
+    )
+    return dg.Output(
+        merged,
+        metadata={
+            **_status_counts(merged),
+            "chunks_merged": len(recent_stats),
+            "rows_updated": stats.updated,
+            "projects_added": stats.added,
+            "projects_removed": stats.removed,
+            "fetched_not_on_index": stats.fetched_not_on_index,
+            "preview": _preview(merged),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP)
+def charts(merged_dataset: pd.DataFrame) -> dg.Output[dict[str, bytes]]:
+    """The dataset's charts as PNG bytes: download_distribution.png and top_packages.png."""
+    images = render_charts(merged_dataset)
+    metadata = {f"{name} bytes": len(data) for name, data in images.items()}
+    for name, data in images.items():
+        metadata[name] = dg.MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})")
+    return dg.Output(images, metadata=metadata)
+
+
+@dg.asset(group_name=GROUP)
+def hf_dataset_card(
+    context: dg.AssetExecutionContext,
+    config: PublishConfig,
+    merged_dataset: pd.DataFrame,
+    charts: dict[str, bytes],
+    existing_dataset: ExistingDataset,
+    dataset_repo: DatasetRepoResource,
+) -> dg.Output[str]:
+    """The dataset card (README.md), published with dataset.parquet and the charts in one commit
+    on top of the revision the existing dataset was read at. Refuses a publish that would lose
+    more than `max_row_loss_share` of the rows; commits nothing when no file changed."""
+    card = render_dataset_card(merged_dataset, repo_id=dataset_repo.display_id, chart_files=tuple(charts))
+    parquet = dataset_to_parquet(merged_dataset)
+    files = {DATASET_FILE: parquet, "README.md": card.encode(), **charts}
+    counts = _status_counts(merged_dataset)
+    repo = dataset_repo.repo()
+    outcome = publish_dataset(
+        repo,
+        files,
+        existing=existing_dataset,
+        new_rows=len(merged_dataset),
+        max_row_loss_share=config.max_row_loss_share,
+        message=f"Update dataset: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty",
+    )
+    if outcome.committed:
+        context.log.info(f"published {', '.join(outcome.changed_files)} to {repo.description}: {outcome.commit}")
+    else:
+        context.log.info(f"{repo.description} already holds this dataset; nothing committed")
+    commit_meta = dg.MetadataValue.url(outcome.commit) if outcome.commit and outcome.commit.startswith("http") else (outcome.commit or "none")
+    return dg.Output(
+        card,
+        metadata={
+            **counts,
+            "committed": outcome.committed,
+            "commit": commit_meta,
+            "changed_files": dg.MetadataValue.json(list(outcome.changed_files)),
+            "destination": repo.description,
+            "dataset_parquet_bytes": len(parquet),
+            "card": dg.MetadataValue.md(card),
+        },
+    )

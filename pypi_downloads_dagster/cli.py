@@ -1,0 +1,129 @@
+"""`pypi-downloads-dagster sync`: one whole cycle headless, as real Dagster runs in the instance at
+DAGSTER_HOME (plan, every chunk, publish), printing progress and a one-line summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+
+
+DEFAULT_DAGSTER_HOME = ".dagster_home"
+
+
+def _say(message: str) -> None:
+    print(f"[sync] {message}", flush=True)
+
+
+def _instance() -> dg.DagsterInstance:
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path(DEFAULT_DAGSTER_HOME).resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+        _say(f"DAGSTER_HOME is not set; using {home}")
+    return dg.DagsterInstance.get()
+
+
+def _materialization_metadata(result, asset: str) -> dict:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.to_user_string() == asset:
+            return {key: value.value for key, value in materialization.metadata.items()}
+    return {}
+
+
+def _run_failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            return event.step_failure_data.error.message.strip().splitlines()[-1]
+    return "see the run's logs in the Dagster UI"
+
+
+def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: float, max_row_loss_share: float) -> int:
+    """Run plan, chunks and publish; return the process exit status."""
+    instance = _instance()
+    from pypi_downloads_dagster.definitions import defs
+
+    started = time.monotonic()
+    plan_config = {"stale_after_days": stale_after_days, "chunk_size": chunk_size, "max_packages": max_packages}
+    plan = defs.resolve_job_def("plan_refresh").execute_in_process(
+        instance=instance, run_config={"ops": {"stale_packages": {"config": plan_config}}}, raise_on_error=False
+    )
+    if not plan.success:
+        _say(f"plan run {plan.run_id} failed: {_run_failure(plan)}")
+        _say("summary: FAILED at planning; nothing fetched, nothing published")
+        return 1
+    index_meta = _materialization_metadata(plan, "pypi_index")
+    plan_frame = plan.output_for_node("stale_packages")
+    keys = list(dict.fromkeys(plan_frame["chunk"]))
+    _say(f"index: {index_meta.get('projects', '?')} projects; plan: {len(plan_frame)} stale packages in {len(keys)} chunks")
+
+    totals = {"valid": 0, "empty": 0, "failed": 0}
+    failed_chunks = []
+    chunk_job = defs.resolve_job_def("fetch_chunk")
+    for number, key in enumerate(keys, start=1):
+        chunk_started = time.monotonic()
+        result = chunk_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+        if not result.success:
+            failed_chunks.append(key)
+            _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {_run_failure(result)}")
+            continue
+        meta = _materialization_metadata(result, "recent_stats")
+        for name in totals:
+            totals[name] += int(meta.get(name, 0))
+        _say(
+            f"chunk {number}/{len(keys)} {key}: {meta.get('valid', 0)} valid, {meta.get('empty', 0)} empty, "
+            f"{meta.get('failed', 0)} failed ({time.monotonic() - chunk_started:.1f}s)"
+        )
+
+    publish = defs.resolve_job_def("publish_dataset").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"hf_dataset_card": {"config": {"max_row_loss_share": max_row_loss_share}}}},
+        raise_on_error=False,
+    )
+    fetched = f"fetched {totals['valid']} valid, {totals['empty']} empty, {totals['failed']} failed"
+    elapsed = f"in {time.monotonic() - started:.0f}s"
+    if not publish.success:
+        _say(f"publish run {publish.run_id} failed: {_run_failure(publish)}")
+        _say(f"summary: FAILED to publish; {len(plan_frame)} planned, {fetched} {elapsed}")
+        return 1
+    card = _materialization_metadata(publish, "hf_dataset_card")
+    outcome = f"published {card.get('commit')}" if card.get("committed") else "dataset already up to date, nothing committed"
+    status = 0
+    if failed_chunks:
+        outcome += f"; {len(failed_chunks)} chunk runs FAILED ({', '.join(failed_chunks[:5])}), their packages stay stale"
+        status = 1
+    _say(f"summary: {len(plan_frame)} planned in {len(keys)} chunks, {fetched}; {card.get('rows')} rows; {outcome} {elapsed}")
+    return status
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pypi-downloads-dagster", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sync_parser = commands.add_parser("sync", help="run one whole cycle: plan, fetch every chunk, publish")
+    sync_parser.add_argument("--max-packages", type=int, default=None, help="plan at most N stale packages")
+    sync_parser.add_argument("--chunk-size", type=int, default=1000, help="packages per chunk (default 1000)")
+    sync_parser.add_argument("--stale-after-days", type=float, default=30, help="refetch rows older than this (default 30)")
+    sync_parser.add_argument(
+        "--max-row-loss-share", type=float, default=0.05, help="refuse to publish a dataset losing more than this share of rows"
+    )
+    args = parser.parse_args(argv)
+    if args.chunk_size < 1:
+        parser.error("--chunk-size must be at least 1")
+    if args.max_packages is not None and args.max_packages < 0:
+        parser.error("--max-packages must be 0 or more")
+    return sync(
+        max_packages=args.max_packages,
+        chunk_size=args.chunk_size,
+        stale_after_days=args.stale_after_days,
+        max_row_loss_share=args.max_row_loss_share,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The one HTTP layer every service module shares: egresses (direct or proxies), pacing, retries.
+
+- An *egress* is one way out to the internet: direct, or one proxy of the pool (`PP_URL`). Rate
+  limits such as pypistats' are per client IP, so pacing is kept per egress.
+- *Pacing* spaces requests on each egress evenly, a little below the server's limits, so a client
+  never bursts past them (pypistats: 5/s and 30/min per IP; a 429 carries no Retry-After).
+- *Retries* (tenacity) cover 429, 5xx, connection errors, timeouts and bodies cut short; each
+  attempt may leave through another egress. Other statuses go back to the caller to interpret.
+- Proxy credentials never appear in labels, logs or errors: egresses are named by host and port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import tenacity
+from requests.adapters import HTTPAdapter
+
+from pypi_downloads_dagster import __version__
+
+USER_AGENT = f"pypi-downloads-dagster/{__version__} (dataset of PyPI download counts; python-requests)"
+
+#: Share of a rate limit actually used: even spacing at 97% of the limit leaves room for network
+#: jitter, so requests sent evenly never arrive faster than the server's window allows.
+PACING_HEADROOM = 0.97
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class HttpError(RuntimeError):
+    """A request that did not succeed after its retries (or with a status the caller rejects).
+
+    The message names the URL (credentials removed), the egress and what went wrong; `status` is
+    the last HTTP status seen, or None when no answer came.
+    """
+
+    def __init__(self, message: str, *, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _RetryableResponse(Exception):
+    def __init__(self, response: requests.Response, egress: "Egress"):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.egress = egress
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user:password removed (safe to log)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+@dataclasses.dataclass(frozen=True)
+class Egress:
+    """One way out: `proxy_url` None means direct. `label` is safe to log (never holds credentials)."""
+
+    label: str
+    proxy_url: Optional[str] = dataclasses.field(default=None, repr=False)
+
+
+DIRECT = Egress("direct")
+
+
+def parse_proxy_pool(value: Optional[str]) -> list[Egress]:
+    """Egresses from `PP_URL`: comma-separated proxy URLs; empty or None means one direct egress.
+
+    Raises ValueError (without echoing credentials) for a URL that is not an http(s) proxy.
+    """
+    urls = [part.strip() for part in (value or "").split(",") if part.strip()]
+    if not urls:
+        return [DIRECT]
+    egresses = []
+    for position, url in enumerate(urls, start=1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"PP_URL entry {position} ({redact_url(url)!r}) is not a proxy URL like http://user:pass@host:port"
+            )
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:  # a port that is not a number
+            raise ValueError(f"PP_URL entry {position} ({redact_url(url)!r}) has an invalid port") from exc
+        egresses.append(Egress(f"proxy-{position} {parts.hostname}:{port}", url))
+    return egresses
+
+
+@dataclasses.dataclass(frozen=True)
+class Pacing:
+    """Rate limits to stay below, per egress."""
+
+    max_per_second: float
+    max_per_minute: float
+
+    def __post_init__(self):
+        if self.max_per_second <= 0 or self.max_per_minute <= 0:
+            raise ValueError(f"pacing limits must be positive, got {self.max_per_second}/s and {self.max_per_minute}/min")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two requests on one egress."""
+        return max(1.0 / self.max_per_second, 60.0 / self.max_per_minute) / PACING_HEADROOM
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry. Tests scale the waits down."""
+
+    attempts: int = 6
+    initial_wait: float = 2.0
+    max_wait: float = 60.0
+    timeout: float = 30.0
+
+
+class _Slots:
+    """Per-egress schedule of when the next request may leave (thread-safe).
+
+    `reserve` hands out the earliest slot over all egresses and books it, so concurrent workers
+    spread over the pool and no egress ever gets two requests closer than the pacing interval.
+    """
+
+    def __init__(self, egresses: Sequence[Egress], pacing: Optional[Pacing], clock: Callable[[], float]):
+        self._egresses = list(egresses)
+        self._pacing = pacing
+        self._clock = clock
+        self._next_free = {egress: 0.0 for egress in self._egresses}
+        self._lock = threading.Lock()
+
+    def reserve(self, avoid: Optional[Egress] = None) -> tuple[Egress, float]:
+        with self._lock:
+            now = self._clock()
+            candidates = [e for e in self._egresses if e != avoid] or self._egresses
+            egress = min(candidates, key=lambda e: self._next_free[e])
+            start = max(now, self._next_free[egress])
+            if self._pacing is not None:
+                self._next_free[egress] = start + self._pacing.interval
+            return egress, start
+
+    def cool_down(self, egress: Egress, seconds: float) -> None:
+        """Keep `egress` idle for `seconds` (after a 429: the server's window is still full)."""
+        with self._lock:
+            self._next_free[egress] = max(self._next_free[egress], self._clock() + seconds)
+
+
+class HttpClient:
+    """GET over a pool of egresses with optional pacing and retries. One instance per service.
+
+    Thread-safe: workers may share one client; each thread keeps its own session per egress.
+    """
+
+    def __init__(
+        self,
+        egresses: Sequence[Egress] = (DIRECT,),
+        *,
+        pacing: Optional[Pacing] = None,
+        retry: RetryPolicy = RetryPolicy(),
+        user_agent: str = USER_AGENT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not egresses:
+            raise ValueError("at least one egress is needed")
+        self.egresses = list(egresses)
+        self.pacing = pacing
+        self.retry = retry
+        self.user_agent = user_agent
+        self._clock = clock
+        self._sleep = sleep
+        self._slots = _Slots(self.egresses, pacing, clock)
+        self._local = threading.local()
+
+    def _session(self, egress: Egress) -> requests.Session:
+        sessions = self._local.__dict__.setdefault("sessions", {})
+        session = sessions.get(egress)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.user_agent
+            adapter = HTTPAdapter(max_retries=0)  # retries are ours, with pacing
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            if egress.proxy_url:
+                session.proxies = {"http": egress.proxy_url, "https": egress.proxy_url}
+                session.trust_env = False  # the pool decides the route, not *_PROXY variables
+            sessions[egress] = session
+        return session
+
+    def get(self, url: str, *, headers: Optional[dict] = None) -> requests.Response:
+        """GET `url`, retrying retryable failures; returns the final response for any other status.
+
+        Raises `HttpError` when every attempt failed; its message is safe to log.
+        """
+        state = {"avoid": None, "egress": None}
+
+        def attempt() -> requests.Response:
+            egress, start = self._slots.reserve(avoid=state["avoid"])
+            state["egress"] = egress
+            delay = start - self._clock()
+            if delay > 0:
+                self._sleep(delay)
+            try:
+                response = self._session(egress).get(url, headers=headers, timeout=self.retry.timeout)
+                response.content  # read the whole body now: a cut-off body is retryable
+            except requests.RequestException:
+                state["avoid"] = egress
+                raise
+            if response.status_code in RETRYABLE_STATUSES:
+                state["avoid"] = egress
+                if response.status_code == 429:
+                    self._slots.cool_down(egress, self._backoff_floor())
+                raise _RetryableResponse(response, egress)
+            return response
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retry.attempts),
+            wait=tenacity.wait_exponential_jitter(initial=self.retry.initial_wait, max=self.retry.max_wait),
+            retry=tenacity.retry_if_exception_type((requests.RequestException, _RetryableResponse)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _RetryableResponse as exc:
+            raise HttpError(
+                f"GET {redact_url(url)} failed after {self.retry.attempts} attempts: last answer "
+                f"HTTP {exc.response.status_code} via {exc.egress.label}",
+                status=exc.response.status_code,
+            ) from None
+        except requests.RequestException as exc:
+            raise HttpError(
+                f"GET {redact_url(url)} failed after {self.retry.attempts} attempts: last error "
+                f"{_describe(exc)} via {state['egress'].label}"
+            ) from None
+
+    def _backoff_floor(self) -> float:
+        interval = self.pacing.interval if self.pacing else 0.0
+        return max(interval, self.retry.initial_wait)
+
+
+_USERINFO = re.compile(r"(?<=//)[^/@\s'\"]+@")
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """The transport error in one line, with any user:password@ scrubbed (proxy URLs may carry them)."""
+    text = _USERINFO.sub("***@", str(exc))
+    return f"{type(exc).__name__}: {text[:300]}"

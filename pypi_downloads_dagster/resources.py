@@ -1,0 +1,85 @@
+"""Dagster resources: thin, configurable handles on the services (index, pypistats, dataset repo)
+and on the proxy pool they all go out through. The work is done by the plain modules."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field
+
+from pypi_downloads_dagster.http import HttpClient, Pacing, RetryPolicy, parse_proxy_pool
+from pypi_downloads_dagster.hub import DatasetRepo, HubDatasetRepo, LocalDatasetRepo
+from pypi_downloads_dagster.pypi_index import ProjectIndex, fetch_index
+from pypi_downloads_dagster.pypistats import DEFAULT_API_URL
+
+DEFAULT_INDEX_URL = "https://pypi.org/simple/"
+DEFAULT_LOCAL_DIR = "./data/dataset"
+
+
+class ProxyPool(dg.ConfigurableResource):
+    """The egresses requests leave through: comma-separated proxy URLs (`PP_URL`), or direct when
+    empty. Proxy URLs may hold credentials: bind this to `EnvVar("PP_URL")` so the UI hides them."""
+
+    urls: str = Field(default="", description="Comma-separated proxy URLs; empty means direct.")
+
+    def egresses(self):
+        return parse_proxy_pool(self.urls)
+
+
+class _RetrySettings(dg.ConfigurableResource):
+    retry_attempts: int = Field(default=6, description="Attempts per request (429, 5xx, connection errors).")
+    retry_initial_wait: float = Field(default=2.0, description="First backoff in seconds; doubles per attempt.")
+    retry_max_wait: float = Field(default=60.0, description="Longest backoff in seconds.")
+    timeout: float = Field(default=60.0, description="Seconds to wait for an answer.")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_attempts, self.retry_initial_wait, self.retry_max_wait, self.timeout)
+
+
+class PypiIndexSource(_RetrySettings):
+    """The PyPI simple index (`PYPI_INDEX_URL`)."""
+
+    url: str = Field(default=DEFAULT_INDEX_URL, description="Simple index URL.")
+    proxy_pool: ProxyPool = Field(default_factory=ProxyPool)
+
+    def fetch(self, *, min_projects: int = 1) -> ProjectIndex:
+        client = HttpClient(self.proxy_pool.egresses(), retry=self.retry_policy())
+        return fetch_index(client, self.url, min_projects=min_projects)
+
+
+class PypistatsApi(_RetrySettings):
+    """The pypistats.org API (`PYPISTATS_API_URL`), paced per egress below its per-IP limits."""
+
+    url: str = Field(default=DEFAULT_API_URL, description="API base URL.")
+    max_per_second: float = Field(default=5.0, description="Requests per second per egress (server limit: 5).")
+    max_per_minute: float = Field(default=30.0, description="Requests per minute per egress (server limit: 30).")
+    timeout: float = Field(default=30.0, description="Seconds to wait for an answer.")
+    proxy_pool: ProxyPool = Field(default_factory=ProxyPool)
+
+    def client(self) -> HttpClient:
+        return HttpClient(
+            self.proxy_pool.egresses(),
+            pacing=Pacing(self.max_per_second, self.max_per_minute),
+            retry=self.retry_policy(),
+        )
+
+
+class DatasetRepoResource(dg.ConfigurableResource):
+    """Where the dataset is read from and published to: the Hub dataset repo `HF_REPO_ID`, or the
+    local folder `PYPI_DOWNLOADS_DIR` when no repo is set. The token is a secret: bind it to
+    `EnvVar("HF_TOKEN")`."""
+
+    repo_id: Optional[str] = Field(default=None, description="Hub dataset repo 'namespace/name'; unset: local folder.")
+    token: Optional[str] = Field(default=None, description="Hub token (secret); unset: huggingface_hub's own login.")
+    endpoint: Optional[str] = Field(default=None, description="Hub endpoint; unset: huggingface_hub's default.")
+    local_dir: str = Field(default=DEFAULT_LOCAL_DIR, description="Folder standing in for the repo.")
+
+    def repo(self) -> DatasetRepo:
+        if self.repo_id:
+            return HubDatasetRepo(self.repo_id, token=self.token or None, endpoint=self.endpoint or None)
+        return LocalDatasetRepo(self.local_dir)
+
+    @property
+    def display_id(self) -> Optional[str]:
+        return self.repo_id or None
