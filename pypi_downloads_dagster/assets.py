@@ -12,14 +12,14 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from pypi_downloads_dagster.card import render_dataset_card
+from pypi_downloads_dagster.card import markdown_table, render_dataset_card
 from pypi_downloads_dagster.charts import render_charts
 from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
-from pypi_downloads_dagster.hub import DATASET_FILE, ExistingDataset, publish_dataset, read_existing_dataset
+from pypi_downloads_dagster.hub import ExistingDataset, publish_dataset, read_existing_dataset
 from pypi_downloads_dagster.partitions import recent_stats_chunks
 from pypi_downloads_dagster.pypistats import fetch_many
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
-from pypi_downloads_dagster.schema import STATUS_EMPTY, STATUS_VALID, dataset_to_parquet
+from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet
 
 GROUP = "pypi_downloads"
 PREVIEW_ROWS = 10
@@ -42,7 +42,7 @@ class PublishConfig(dg.Config):
 
 
 def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(PREVIEW_ROWS).to_markdown(index=False) if len(frame) else "(no rows)")
+    return dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS)) if len(frame) else "(no rows)")
 
 
 def _status_counts(frame: pd.DataFrame) -> dict[str, int]:

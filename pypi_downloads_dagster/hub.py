@@ -18,10 +18,13 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from pypi_downloads_dagster.schema import DatasetFormatError, empty_dataset, read_dataset_file
-
-DATASET_FILE = "dataset.parquet"
-LEGACY_DATASET_FILE = "dataset.csv"
+from pypi_downloads_dagster.schema import (
+    DATASET_FILE,
+    LEGACY_DATASET_FILE,
+    DatasetFormatError,
+    empty_dataset,
+    read_dataset_file,
+)
 
 
 class PublishConflict(RuntimeError):

@@ -31,6 +31,21 @@ DATASET_SCHEMA = pa.schema(
 )
 COLUMNS = tuple(DATASET_SCHEMA.names)
 
+#: The published file, and the older CSV copy earlier versions may have left in the repo.
+DATASET_FILE = "dataset.parquet"
+LEGACY_DATASET_FILE = "dataset.csv"
+
+#: What each column means, for the dataset card: (type, description).
+COLUMN_DOCS = {
+    "name": ("string", "Project name as PyPI displays it (case kept, e.g. `Django`)."),
+    "url": ("string", "The project's page in the PyPI simple index, `https://pypi.org/simple/<normalized-name>/`."),
+    "last_day": ("int64, nullable", "Downloads on the last full day (UTC), mirrors excluded; null unless `status` is `valid`."),
+    "last_week": ("int64, nullable", "Downloads in the last 7 days, mirrors excluded; null unless `status` is `valid`."),
+    "last_month": ("int64, nullable", "Downloads in the last 30 days, mirrors excluded; null unless `status` is `valid`."),
+    "status": ("string, nullable", "`valid`: pypistats returned counts; `empty`: pypistats has no data for the project; null: never fetched."),
+    "updated_at": ("float64, nullable", "When the row was fetched, in Unix seconds (UTC); null when never fetched."),
+}
+
 #: `status` values: pypistats returned counts / pypistats has no data for the project (404).
 STATUS_VALID = "valid"
 STATUS_EMPTY = "empty"
