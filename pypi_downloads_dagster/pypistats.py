@@ -71,10 +71,12 @@ def parse_recent(body: bytes, normalized: str) -> tuple[int, int, int]:
     return counts  # type: ignore[return-value]
 
 
-def fetch_recent(client: HttpClient, api_url: str, normalized: str, *, clock: Callable[[], float] = time.time) -> RecentCounts:
-    """Counts for one project. 404 means pypistats has no data (`'empty'`); anything else that is
-    not a good 200 raises (HttpError after the client's retries, or UnexpectedAnswer)."""
-    response = client.get(recent_url(api_url, normalized), headers={"Accept": "application/json"})
+def fetch_recent(client: HttpClient, api_url: str, name: str, *, clock: Callable[[], float] = time.time) -> RecentCounts:
+    """Counts for one project (asked for, and recorded, by normalized name). 404 means pypistats
+    has no data (`'empty'`); anything else that is not a good 200 raises (HttpError after the
+    client's retries, or UnexpectedAnswer)."""
+    normalized = normalize_name(name)
+    response = client.get(recent_url(api_url, name), headers={"Accept": "application/json"})
     fetched_at = clock()
     if response.status_code == 404:
         return RecentCounts(normalized, None, None, None, STATUS_EMPTY, fetched_at)
@@ -118,7 +120,7 @@ def fetch_many(
             if counts is not None:
                 results.append(counts)
             else:
-                failed[name] = error
+                failed[normalize_name(name)] = error
             done += 1
             if on_progress:
                 on_progress(done, len(names), len(failed))

@@ -10,6 +10,7 @@ class QuietHandler(BaseHTTPRequestHandler):
     """Base handler: HTTP/1.1, no access log on stderr, small helpers to answer."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else Nagle + delayed ACK add ~40 ms to every small answer
 
     def log_message(self, format, *args):  # noqa: A002 - signature from the stdlib
         pass
@@ -39,7 +40,10 @@ class LocalServer:
         self.httpd = ThreadingHTTPServer((host, port), handler_class)
         self.httpd.daemon_threads = True
         self.httpd.app = app  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"{handler_class.__name__}", daemon=True)
+        # A short poll interval: shutdown() waits for it, and tests start and stop many servers.
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=handler_class.__name__, daemon=True
+        )
 
     @property
     def url(self) -> str:

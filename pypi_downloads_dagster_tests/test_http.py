@@ -1,0 +1,133 @@
+"""The shared HTTP layer and the pypistats client against the local pypistats fake (and proxies)."""
+
+import time
+
+import pytest
+
+from pypi_downloads_dagster.http import HttpClient, HttpError, Pacing, RetryPolicy, parse_proxy_pool, redact_url
+from pypi_downloads_dagster.pypistats import fetch_many, recent_url
+from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
+from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
+
+FAST_RETRY = RetryPolicy(attempts=6, initial_wait=0.02, max_wait=0.3, timeout=5)
+
+# The real limits, 5 per second and 30 per minute, with time scaled down 4x for the second window and
+# 30x for the minute window: 5 per 0.25 s and 30 per 2 s. Pacing for that is 20/s and 900/min.
+SCALED = dict(per_second=5, per_minute=30, second_window=0.25, minute_window=2.0)
+SCALED_PACING = Pacing(max_per_second=20, max_per_minute=900)
+
+
+def counts(n):
+    return {f"pkg-{i}": (i, 7 * i, 30 * i) for i in range(n)}
+
+
+def test_paced_client_never_trips_the_rate_limit():
+    with FakePypistats(counts(25), **SCALED) as stats:
+        client = HttpClient(pacing=SCALED_PACING, retry=FAST_RETRY)
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(25)])
+    assert result.failed == {} and result.valid == 25
+    assert [r.status for r in stats.log].count(429) == 0
+    assert stats.max_requests_in_window("127.0.0.1", 0.25) <= 5
+    row = result.fetched.set_index("normalized").loc["pkg-3"]
+    assert (row["last_day"], row["last_week"], row["last_month"], row["status"]) == (3, 21, 90, "valid")
+
+
+def test_unpaced_burst_gets_429_and_retries_recover():
+    with FakePypistats(counts(12), **SCALED) as stats:
+        client = HttpClient(retry=RetryPolicy(attempts=12, initial_wait=0.05, max_wait=0.3, timeout=5))
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(12)], workers=4)
+    assert [r.status for r in stats.log].count(429) > 0, "the fake must refuse a burst"
+    assert result.failed == {} and result.valid == 12
+
+
+def test_names_are_requested_normalized_and_404_is_empty():
+    with FakePypistats({"django": (1, 2, 3), "zope-interface": (4, 5, 6)}, per_second=100, per_minute=1000) as stats:
+        client = HttpClient(retry=FAST_RETRY)
+        result = fetch_many(client, stats.api_url, ["Django", "zope.interface", "No_Such.Project"])
+    rows = result.fetched.set_index("normalized")
+    assert rows.loc["django", "status"] == "valid" and rows.loc["django", "last_month"] == 3
+    assert rows.loc["zope-interface", "last_week"] == 5
+    assert rows.loc["no-such-project", "status"] == "empty" and rows["last_day"].isna()["no-such-project"]
+    assert sorted(r.path for r in stats.log) == [
+        "/api/packages/django/recent",
+        "/api/packages/no-such-project/recent",
+        "/api/packages/zope-interface/recent",
+    ]
+    assert recent_url("https://pypistats.org/api/", "Foo_Bar") == "https://pypistats.org/api/packages/foo-bar/recent"
+
+
+def test_server_errors_and_dropped_connections_are_retried():
+    with FakePypistats(counts(3), per_second=100, per_minute=1000) as stats:
+        stats.fail("pkg-0", [500, 502, 503])
+        stats.drop("pkg-1", times=2)
+        client = HttpClient(retry=FAST_RETRY)
+        result = fetch_many(client, stats.api_url, ["pkg-0", "pkg-1", "pkg-2"])
+        assert result.failed == {} and result.valid == 3
+        assert len(stats.requests_for("pkg-0")) == 4 and len(stats.requests_for("pkg-1")) == 3
+
+
+def test_failures_after_retries_are_reported_never_recorded_as_empty():
+    with FakePypistats(counts(3), per_second=100, per_minute=1000) as stats:
+        stats.fail("pkg-0", [500] * 10)
+        stats.garbage("pkg-1")
+        client = HttpClient(retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.02, timeout=5))
+        result = fetch_many(client, stats.api_url, ["pkg-0", "pkg-1", "pkg-2"])
+    assert set(result.failed) == {"pkg-0", "pkg-1"}
+    assert "HTTP 500" in result.failed["pkg-0"] and "after 3 attempts" in result.failed["pkg-0"]
+    assert "not a recent-downloads document" in result.failed["pkg-1"]
+    assert result.fetched["normalized"].tolist() == ["pkg-2"]
+
+
+def test_proxy_pool_spreads_requests_over_egresses_each_within_its_limit():
+    with FakePypistats(counts(30), **SCALED) as stats, FakeProxy("127.0.0.2", "alice", "s3cret") as one, FakeProxy(
+        "127.0.0.3", "bob", "t0p"
+    ) as two:
+        egresses = parse_proxy_pool(f"{one.proxy_url},{two.proxy_url}")
+        client = HttpClient(egresses, pacing=SCALED_PACING, retry=FAST_RETRY)
+        started = time.monotonic()
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(30)])
+        elapsed = time.monotonic() - started
+    assert result.failed == {} and result.valid == 30
+    assert set(stats.client_ips()) == {"127.0.0.2", "127.0.0.3"}
+    assert [r.status for r in stats.log].count(429) == 0
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        assert stats.max_requests_in_window(ip, 0.25) <= 5
+    # Two egresses: about half the time one egress would need (30 x 0.069 s).
+    assert elapsed < 30 * SCALED_PACING.interval * 0.8
+
+
+def test_a_dead_proxy_is_routed_around_and_its_credentials_never_leak():
+    with FakePypistats(counts(6), per_second=100, per_minute=1000) as stats, FakeProxy(
+        "127.0.0.2", "alice", "s3cret"
+    ) as dead, FakeProxy("127.0.0.3", "bob", "t0p") as alive:
+        dead.down = True
+        client = HttpClient(parse_proxy_pool(f"{dead.proxy_url},{alive.proxy_url}"), retry=FAST_RETRY)
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(6)])
+        assert result.failed == {} and result.valid == 6
+
+        only_dead = HttpClient(parse_proxy_pool(dead.proxy_url), retry=RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.01, timeout=2))
+        with pytest.raises(HttpError) as error:
+            only_dead.get(f"{stats.api_url}/packages/pkg-0/recent")
+    message = str(error.value)
+    assert "proxy-1 127.0.0.1:" in message and "s3cret" not in message and "alice" not in message
+    assert "s3cret" not in repr(client.egresses) and "s3cret" not in str(client.egresses)
+
+
+def test_proxy_pool_parsing_and_redaction():
+    assert [e.label for e in parse_proxy_pool(" ")] == ["direct"]
+    assert [e.label for e in parse_proxy_pool("http://u:p@10.0.0.1:3128, https://h.example")] == [
+        "proxy-1 10.0.0.1:3128",
+        "proxy-2 h.example:443",
+    ]
+    with pytest.raises(ValueError) as error:
+        parse_proxy_pool("socks5://user:hunter2@h:1080")
+    assert "hunter2" not in str(error.value) and "entry 1" in str(error.value)
+    assert redact_url("http://user:pw@host:8080/x?y=1") == "http://host:8080/x?y=1"
+
+
+def test_pacing_interval_stays_below_both_limits():
+    pacing = Pacing(5, 30)
+    assert pacing.interval > 2.0  # 30/min is the tighter limit: a little more than 2 s apart
+    assert 60 / pacing.interval < 30 and 1 / pacing.interval < 5
+    with pytest.raises(ValueError):
+        Pacing(0, 30)
