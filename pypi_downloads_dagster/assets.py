@@ -4,8 +4,10 @@ wrapper: the work is in the plain modules, the asset reports what happened."""
 
 
 import base64
+import contextlib
 import datetime as dt
 import time
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -15,11 +17,21 @@ from pydantic import Field
 from pypi_downloads_dagster.card import markdown_table, render_dataset_card
 from pypi_downloads_dagster.charts import render_charts
 from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
-from pypi_downloads_dagster.hub import ExistingDataset, publish_dataset, read_existing_dataset
+from pypi_downloads_dagster.fetch_store import FetchStore
+from pypi_downloads_dagster.http import HttpError
+from pypi_downloads_dagster.hub import (
+    DatasetReadError,
+    ExistingDataset,
+    PublishConflict,
+    PublishRefused,
+    publish_dataset,
+    read_existing_dataset,
+)
+from pypi_downloads_dagster.pypi_index import IndexFormatError
 from pypi_downloads_dagster.partitions import recent_stats_chunks
 from pypi_downloads_dagster.pypistats import fetch_many
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
-from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet
+from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
 GROUP = "pypi_downloads"
 PREVIEW_ROWS = 10
@@ -41,6 +53,23 @@ class PublishConfig(dg.Config):
     )
 
 
+#: Failures with a message that says it all: shown as such in the UI and by `sync`, no traceback hunt.
+EXPECTED_FAILURES = (HttpError, IndexFormatError, DatasetReadError, PublishRefused, PublishConflict, PermissionError)
+
+
+@contextlib.contextmanager
+def failing_clearly():
+    try:
+        yield
+    except EXPECTED_FAILURES as exc:
+        raise dg.Failure(description=f"{type(exc).__name__}: {exc}") from None
+
+
+def fetch_store(context) -> FetchStore:
+    """Fetched chunks awaiting publication, kept in the Dagster instance's storage folder."""
+    return FetchStore(Path(context.instance.storage_directory()) / "recent_stats_chunks")
+
+
 def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS)) if len(frame) else "(no rows)")
 
@@ -58,7 +87,8 @@ def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
 def pypi_index(context: dg.AssetExecutionContext, config: IndexConfig, index_source: PypiIndexSource) -> dg.Output[pd.DataFrame]:
     """Every project on the PyPI simple index (PEP 691 JSON, PEP 503 HTML as fallback): display
     name, normalized name and project URL. Invalid names are dropped and counted."""
-    index = index_source.fetch(min_projects=config.min_projects)
+    with failing_clearly():
+        index = index_source.fetch(min_projects=config.min_projects)
     if index.invalid_names:
         context.log.warning(f"dropped {len(index.invalid_names)} invalid project names, e.g. {index.invalid_names[:5]!r}")
     return dg.Output(
@@ -80,7 +110,8 @@ def existing_dataset(dataset_repo: DatasetRepoResource) -> dg.Output[ExistingDat
     the current schema. Empty only when the repo or both files do not exist; any other failure
     fails the run."""
     repo = dataset_repo.repo()
-    existing = read_existing_dataset(repo)
+    with failing_clearly():
+        existing = read_existing_dataset(repo)
     return dg.Output(
         existing,
         metadata={
@@ -97,12 +128,15 @@ def stale_packages(
     context: dg.AssetExecutionContext, config: PlanConfig, pypi_index: pd.DataFrame, existing_dataset: ExistingDataset
 ) -> dg.Output[pd.DataFrame]:
     """The plan of this cycle: projects never fetched or fetched more than `stale_after_days` ago,
-    oldest first, split into chunks that become the partitions of `recent_stats`."""
+    oldest first, split into chunks that become the partitions of `recent_stats`. Rows fetched but
+    not yet published count as fetched, so they are not planned again."""
     started = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
     plan_id = started.strftime("%Y%m%dT%H%M%S")
+    pending = fetch_store(context).read_all()
+    known, _ = merge_dataset(existing_dataset.frame, pypi_index, newest_fetches(pending.values()))
     plan = plan_stale(
         pypi_index,
-        existing_dataset.frame,
+        known,
         now=started.timestamp(),
         plan_id=plan_id,
         stale_after_days=config.stale_after_days,
@@ -120,6 +154,7 @@ def stale_packages(
             "packages": len(plan),
             "never_fetched": int(plan["updated_at"].isna().sum()),
             "chunks": len(keys),
+            "unpublished_chunks_counted_as_fetched": len(pending),
             "chunk_keys": dg.MetadataValue.json(keys),
             "preview": _preview(plan),
         },
@@ -132,10 +167,13 @@ def stale_packages(
     pool="pypistats",
     check_specs=[dg.AssetCheckSpec("every_package_answered", asset="recent_stats", description="No package failed after retries.")],
 )
-def recent_stats(context: dg.AssetExecutionContext, stale_packages: pd.DataFrame, pypistats: PypistatsApi):
+def recent_stats(
+    context: dg.AssetExecutionContext, stale_packages: pd.DataFrame, pypistats: PypistatsApi
+) -> dg.MaterializeResult:
     """Recent download counts (last day/week/month) from pypistats for one chunk of the plan,
     requested by normalized name. 404 records 'empty'; packages that still fail after retries are
-    left out (their rows stay as they were) and reported by the check."""
+    left out (their rows stay as they were) and reported by the check. Each chunk is stored on its
+    own until a publish has taken it in."""
     key = context.partition_key
     names = stale_packages.loc[stale_packages["chunk"] == key, "normalized"].tolist()
     if not names:
@@ -163,8 +201,8 @@ def recent_stats(context: dg.AssetExecutionContext, stale_packages: pd.DataFrame
             f"chunk {key}: all {len(names)} packages failed, e.g. {next(iter(result.failed.values()))}",
             metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
         )
-    yield dg.Output(
-        result.fetched,
+    stored = fetch_store(context).write(key, result.fetched)
+    return dg.MaterializeResult(
         metadata={
             "requested": len(names),
             "valid": result.valid,
@@ -172,26 +210,27 @@ def recent_stats(context: dg.AssetExecutionContext, stale_packages: pd.DataFrame
             "failed": len(result.failed),
             "seconds": round(seconds, 1),
             "requests_per_second": round(len(names) / seconds, 2) if seconds else 0.0,
+            "stored_at": dg.MetadataValue.path(str(stored)),
             "preview": _preview(result.fetched),
         },
-    )
-    yield dg.AssetCheckResult(
-        check_name="every_package_answered",
-        passed=not result.failed,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="every_package_answered",
+                passed=not result.failed,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
+            )
+        ],
     )
 
 
-@dg.asset(group_name=GROUP, ins={"recent_stats": dg.AssetIn(metadata={"allow_missing_partitions": True})})
+@dg.asset(group_name=GROUP, deps=[recent_stats])
 def merged_dataset(
-    context: dg.AssetExecutionContext,
-    pypi_index: pd.DataFrame,
-    existing_dataset: ExistingDataset,
-    recent_stats: dict[str, pd.DataFrame],
+    context: dg.AssetExecutionContext, pypi_index: pd.DataFrame, existing_dataset: ExistingDataset
 ) -> dg.Output[pd.DataFrame]:
     """The new dataset: one row per project on the current index, sorted by name, with the newest
-    fetched counts from every `recent_stats` chunk applied over the published rows."""
+    fetched counts of every stored `recent_stats` chunk applied over the published rows."""
+    recent_stats = fetch_store(context).read_all()
     fetched = newest_fetches(recent_stats.values())
     merged, stats = merge_dataset(existing_dataset.frame, pypi_index, fetched)
     context.log.info(
@@ -238,18 +277,21 @@ def hf_dataset_card(
     files = {DATASET_FILE: parquet, "README.md": card.encode(), **charts}
     counts = _status_counts(merged_dataset)
     repo = dataset_repo.repo()
-    outcome = publish_dataset(
-        repo,
-        files,
-        existing=existing_dataset,
-        new_rows=len(merged_dataset),
-        max_row_loss_share=config.max_row_loss_share,
-        message=f"Update dataset: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty",
-    )
+    with failing_clearly():
+        outcome = publish_dataset(
+            repo,
+            files,
+            existing=existing_dataset,
+            new_rows=len(merged_dataset),
+            max_row_loss_share=config.max_row_loss_share,
+            message=f"Update dataset: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty",
+        )
     if outcome.committed:
         context.log.info(f"published {', '.join(outcome.changed_files)} to {repo.description}: {outcome.commit}")
     else:
         context.log.info(f"{repo.description} already holds this dataset; nothing committed")
+    # Only now, with the rows safely in the repo, may their fetched chunks go.
+    removed = fetch_store(context).remove_published(merged_dataset, normalize_names(merged_dataset["name"]))
     commit_meta = dg.MetadataValue.url(outcome.commit) if outcome.commit and outcome.commit.startswith("http") else (outcome.commit or "none")
     return dg.Output(
         card,
@@ -258,6 +300,7 @@ def hf_dataset_card(
             "committed": outcome.committed,
             "commit": commit_meta,
             "changed_files": dg.MetadataValue.json(list(outcome.changed_files)),
+            "fetched_chunks_cleared": len(removed),
             "destination": repo.description,
             "dataset_parquet_bytes": len(parquet),
             "card": dg.MetadataValue.md(card),

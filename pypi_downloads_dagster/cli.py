@@ -37,10 +37,19 @@ def _materialization_metadata(result, asset: str) -> dict:
     return {}
 
 
-def _run_failure(result) -> str:
+def run_failure(result) -> str:
+    """The reason a run failed, in one line: a `dg.Failure`'s description, else the innermost error."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip().splitlines()[-1]
+        data = event.step_failure_data if event.is_step_failure else None
+        if data is None:
+            continue
+        if data.user_failure_data and data.user_failure_data.description:
+            return f"{event.step_key}: {data.user_failure_data.description}"
+        error = data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        if error is not None:
+            return f"{event.step_key}: {error.message.strip().splitlines()[-1]}"
     return "see the run's logs in the Dagster UI"
 
 
@@ -55,7 +64,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
         instance=instance, run_config={"ops": {"stale_packages": {"config": plan_config}}}, raise_on_error=False
     )
     if not plan.success:
-        _say(f"plan run {plan.run_id} failed: {_run_failure(plan)}")
+        _say(f"plan run {plan.run_id} failed: {run_failure(plan)}")
         _say("summary: FAILED at planning; nothing fetched, nothing published")
         return 1
     index_meta = _materialization_metadata(plan, "pypi_index")
@@ -71,7 +80,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
         result = chunk_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
         if not result.success:
             failed_chunks.append(key)
-            _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {_run_failure(result)}")
+            _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {run_failure(result)}")
             continue
         meta = _materialization_metadata(result, "recent_stats")
         for name in totals:
@@ -89,7 +98,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     fetched = f"fetched {totals['valid']} valid, {totals['empty']} empty, {totals['failed']} failed"
     elapsed = f"in {time.monotonic() - started:.0f}s"
     if not publish.success:
-        _say(f"publish run {publish.run_id} failed: {_run_failure(publish)}")
+        _say(f"publish run {publish.run_id} failed: {run_failure(publish)}")
         _say(f"summary: FAILED to publish; {len(plan_frame)} planned, {fetched} {elapsed}")
         return 1
     card = _materialization_metadata(publish, "hf_dataset_card")
