@@ -53,6 +53,10 @@ def run_failure(result) -> str:
     return "see the run's logs in the Dagster UI"
 
 
+#: Dagster's console logger at INFO: the runs' own messages without the DEBUG event stream.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: float, max_row_loss_share: float) -> int:
     """Run plan, chunks and publish; return the process exit status."""
     instance = _instance()
@@ -61,7 +65,9 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     started = time.monotonic()
     plan_config = {"stale_after_days": stale_after_days, "chunk_size": chunk_size, "max_packages": max_packages}
     plan = defs.resolve_job_def("plan_refresh").execute_in_process(
-        instance=instance, run_config={"ops": {"stale_packages": {"config": plan_config}}}, raise_on_error=False
+        instance=instance,
+        run_config={**QUIET_LOGS, "ops": {"stale_packages": {"config": plan_config}}},
+        raise_on_error=False,
     )
     if not plan.success:
         _say(f"plan run {plan.run_id} failed: {run_failure(plan)}")
@@ -77,7 +83,9 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     chunk_job = defs.resolve_job_def("fetch_chunk")
     for number, key in enumerate(keys, start=1):
         chunk_started = time.monotonic()
-        result = chunk_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+        result = chunk_job.execute_in_process(
+            instance=instance, partition_key=key, run_config=QUIET_LOGS, raise_on_error=False
+        )
         if not result.success:
             failed_chunks.append(key)
             _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {run_failure(result)}")
@@ -92,7 +100,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
 
     publish = defs.resolve_job_def("publish_dataset").execute_in_process(
         instance=instance,
-        run_config={"ops": {"hf_dataset_card": {"config": {"max_row_loss_share": max_row_loss_share}}}},
+        run_config={**QUIET_LOGS, "ops": {"hf_dataset_card": {"config": {"max_row_loss_share": max_row_loss_share}}}},
         raise_on_error=False,
     )
     fetched = f"fetched {totals['valid']} valid, {totals['empty']} empty, {totals['failed']} failed"

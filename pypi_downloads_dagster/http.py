@@ -120,9 +120,12 @@ class RetryPolicy:
     """How often and how patiently to retry. Tests scale the waits down."""
 
     attempts: int = 6
-    initial_wait: float = 2.0
+    initial_wait: float = 0.5
     max_wait: float = 60.0
     timeout: float = 30.0
+    #: How long an egress rests after a 429. pypistats sends no Retry-After and counts in fixed
+    #: windows of up to a minute: asking again at once would only be refused again.
+    rate_limited_wait: float = 10.0
 
 
 class _Slots:
@@ -219,7 +222,7 @@ class HttpClient:
             if response.status_code in RETRYABLE_STATUSES:
                 state["avoid"] = egress
                 if response.status_code == 429:
-                    self._slots.cool_down(egress, self._backoff_floor())
+                    self._slots.cool_down(egress, self.retry.rate_limited_wait)
                 raise _RetryableResponse(response, egress)
             return response
 
@@ -243,10 +246,6 @@ class HttpClient:
                 f"GET {redact_url(url)} failed after {self.retry.attempts} attempts: last error "
                 f"{_describe(exc)} via {state['egress'].label}"
             ) from None
-
-    def _backoff_floor(self) -> float:
-        interval = self.pacing.interval if self.pacing else 0.0
-        return max(interval, self.retry.initial_wait)
 
 
 _USERINFO = re.compile(r"(?<=//)[^/@\s'\"]+@")

@@ -29,12 +29,15 @@ class ProxyPool(dg.ConfigurableResource):
 
 class _RetrySettings(dg.ConfigurableResource):
     retry_attempts: int = Field(default=6, description="Attempts per request (429, 5xx, connection errors).")
-    retry_initial_wait: float = Field(default=2.0, description="First backoff in seconds; doubles per attempt.")
+    retry_initial_wait: float = Field(default=0.5, description="First backoff in seconds; doubles per attempt.")
     retry_max_wait: float = Field(default=60.0, description="Longest backoff in seconds.")
     timeout: float = Field(default=60.0, description="Seconds to wait for an answer.")
+    rate_limited_wait: float = Field(default=10.0, description="Seconds an egress rests after a 429.")
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retry_attempts, self.retry_initial_wait, self.retry_max_wait, self.timeout)
+        return RetryPolicy(
+            self.retry_attempts, self.retry_initial_wait, self.retry_max_wait, self.timeout, self.rate_limited_wait
+        )
 
 
 class PypiIndexSource(_RetrySettings):

@@ -9,7 +9,7 @@ from pypi_downloads_dagster.pypistats import fetch_many, recent_url
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 
-FAST_RETRY = RetryPolicy(attempts=6, initial_wait=0.02, max_wait=0.3, timeout=5)
+FAST_RETRY = RetryPolicy(attempts=6, initial_wait=0.02, max_wait=0.3, timeout=5, rate_limited_wait=0.25)
 
 # The real limits, 5 per second and 30 per minute, with time scaled down 4x for the second window and
 # 30x for the minute window: 5 per 0.25 s and 30 per 2 s. Pacing for that is 20/s and 900/min.
@@ -34,7 +34,7 @@ def test_paced_client_never_trips_the_rate_limit():
 
 def test_unpaced_burst_gets_429_and_retries_recover():
     with FakePypistats(counts(12), **SCALED) as stats:
-        client = HttpClient(retry=RetryPolicy(attempts=12, initial_wait=0.05, max_wait=0.3, timeout=5))
+        client = HttpClient(retry=RetryPolicy(attempts=12, initial_wait=0.05, max_wait=0.3, timeout=5, rate_limited_wait=0.25))
         result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(12)], workers=4)
     assert [r.status for r in stats.log].count(429) > 0, "the fake must refuse a burst"
     assert result.failed == {} and result.valid == 12
