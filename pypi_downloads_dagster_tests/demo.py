@@ -1,6 +1,7 @@
 """Offline demo: the whole cycle against local services, no network needed.
 
     python -m pypi_downloads_dagster_tests.demo [--projects 300] [--out data/demo]
+    python -m pypi_downloads_dagster_tests.demo --serve   # only start the services, print their variables
 
 Starts a PyPI simple index, a pypistats API (its real limits, with time running 10-20x faster) and a
 Hugging Face Hub on 127.0.0.1, seeds the Hub with a dataset in the earlier float layout, then runs
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--projects", type=int, default=300)
     parser.add_argument("--out", default="data/demo")
+    parser.add_argument("--serve", action="store_true", help="start the services and wait; print the variables to use them")
     args = parser.parse_args(argv)
 
     os.environ["HF_HUB_DISABLE_XET"] = "1"
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
             "HF_TOKEN": TOKEN,
             "HF_ENDPOINT": hub_server.url,
         }
+        if args.serve:
+            return serve(env)
         print(f"demo: index {index.index_url} ({len(names)} projects), pypistats {stats.api_url}, Hub {hub_server.url}")
         print(f"demo: the Hub repo {REPO} holds an old dataset.csv with {len(old)} rows; DAGSTER_HOME={out / 'dagster_home'}")
         status = 0
@@ -114,6 +118,20 @@ def main(argv=None) -> int:
         print(f"  {commit.oid[:10]}  {commit.summary}  ({', '.join(sorted(commit.changed))})")
     print(f"demo: published files copied to {published}")
     return status
+
+
+def serve(env: dict) -> int:
+    """Keep the services up for `dagster dev` or `dagster job execute` in another shell."""
+    print("# Local services are up. In another shell, export these and use dagster as usual:")
+    for name in ("DAGSTER_HOME", "PYPI_INDEX_URL", "PYPISTATS_API_URL", "PYPISTATS_MAX_PER_SECOND",
+                 "PYPISTATS_MAX_PER_MINUTE", "HF_REPO_ID", "HF_TOKEN", "HF_ENDPOINT"):
+        print(f"export {name}={env[name]}")
+    print("export HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":
