@@ -11,11 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import json
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
@@ -133,29 +137,59 @@ class _Slots:
 
     `reserve` hands out the earliest slot over all egresses and books it, so concurrent workers
     spread over the pool and no egress ever gets two requests closer than the pacing interval.
+    With `shared_file`, the schedule lives in that file under an exclusive lock, so every process
+    on the machine (concurrent chunk runs) paces each egress together, not each on its own.
     """
 
-    def __init__(self, egresses: Sequence[Egress], pacing: Optional[Pacing], clock: Callable[[], float]):
+    def __init__(
+        self,
+        egresses: Sequence[Egress],
+        pacing: Optional[Pacing],
+        clock: Callable[[], float],
+        shared_file: Optional[Path] = None,
+    ):
         self._egresses = list(egresses)
         self._pacing = pacing
         self._clock = clock
-        self._next_free = {egress: 0.0 for egress in self._egresses}
+        self._next_free = {egress.label: 0.0 for egress in self._egresses}
         self._lock = threading.Lock()
+        self._shared_file = shared_file
+        if shared_file is not None:
+            shared_file.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _booking(self):
+        """Hold the schedule for one read-modify-write."""
+        with self._lock:
+            if self._shared_file is None:
+                yield self._next_free
+                return
+            with open(self._shared_file, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+                handle.seek(0)
+                try:
+                    schedule = {**self._next_free, **json.loads(handle.read() or "{}")}
+                except ValueError:  # a torn file from a crash: start the schedule afresh
+                    schedule = dict(self._next_free)
+                yield schedule
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps(schedule))
 
     def reserve(self, avoid: Optional[Egress] = None) -> tuple[Egress, float]:
-        with self._lock:
+        with self._booking() as schedule:
             now = self._clock()
             candidates = [e for e in self._egresses if e != avoid] or self._egresses
-            egress = min(candidates, key=lambda e: self._next_free[e])
-            start = max(now, self._next_free[egress])
+            egress = min(candidates, key=lambda e: schedule.get(e.label, 0.0))
+            start = max(now, schedule.get(egress.label, 0.0))
             if self._pacing is not None:
-                self._next_free[egress] = start + self._pacing.interval
+                schedule[egress.label] = start + self._pacing.interval
             return egress, start
 
     def cool_down(self, egress: Egress, seconds: float) -> None:
         """Keep `egress` idle for `seconds` (after a 429: the server's window is still full)."""
-        with self._lock:
-            self._next_free[egress] = max(self._next_free[egress], self._clock() + seconds)
+        with self._booking() as schedule:
+            schedule[egress.label] = max(schedule.get(egress.label, 0.0), self._clock() + seconds)
 
 
 class HttpClient:
@@ -171,7 +205,8 @@ class HttpClient:
         pacing: Optional[Pacing] = None,
         retry: RetryPolicy = RetryPolicy(),
         user_agent: str = USER_AGENT,
-        clock: Callable[[], float] = time.monotonic,
+        shared_pacing_file: Optional[Path] = None,
+        clock: Optional[Callable[[], float]] = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         if not egresses:
@@ -180,9 +215,10 @@ class HttpClient:
         self.pacing = pacing
         self.retry = retry
         self.user_agent = user_agent
-        self._clock = clock
+        # Processes sharing a schedule need one clock: wall time. Alone, monotonic time is safer.
+        self._clock = clock or (time.time if shared_pacing_file else time.monotonic)
         self._sleep = sleep
-        self._slots = _Slots(self.egresses, pacing, clock)
+        self._slots = _Slots(self.egresses, pacing, self._clock, shared_pacing_file)
         self._local = threading.local()
 
     def _session(self, egress: Egress) -> requests.Session:

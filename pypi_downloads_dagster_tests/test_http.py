@@ -131,3 +131,31 @@ def test_pacing_interval_stays_below_both_limits():
     assert 60 / pacing.interval < 30 and 1 / pacing.interval < 5
     with pytest.raises(ValueError):
         Pacing(0, 30)
+
+
+def _fetch_in_another_process(api_url, names, shared_file):
+    client = HttpClient(
+        pacing=SCALED_PACING,
+        retry=RetryPolicy(attempts=1, timeout=5, rate_limited_wait=0.25),
+        shared_pacing_file=__import__("pathlib").Path(shared_file) if shared_file else None,
+    )
+    return len(fetch_many(client, api_url, names).failed)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_processes_sharing_a_pacing_file_pace_each_egress_together(tmp_path, shared):
+    import multiprocessing
+
+    names = [f"pkg-{i}" for i in range(16)]
+    with FakePypistats(counts(16), **SCALED) as stats:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(2) as pool:
+            shared_file = str(tmp_path / "pacing.json") if shared else None
+            failed = pool.starmap(_fetch_in_another_process, [(stats.api_url, names[:8], shared_file), (stats.api_url, names[8:], shared_file)])
+    refused = [r.status for r in stats.log].count(429)
+    if shared:
+        assert refused == 0 and failed == [0, 0]
+        assert stats.max_requests_in_window("127.0.0.1", 0.25) <= 5
+    else:
+        # Two processes each pacing alone send twice the rate: the server refuses some.
+        assert refused > 0
