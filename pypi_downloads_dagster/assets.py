@@ -28,8 +28,8 @@ from pypi_downloads_dagster.hub import (
     read_existing_dataset,
 )
 from pypi_downloads_dagster.pypi_index import IndexFormatError
-from pypi_downloads_dagster.partitions import recent_stats_chunks
-from pypi_downloads_dagster.pypistats import fetch_many
+from pypi_downloads_dagster.partitions import PYPISTATS_POOL, recent_stats_chunks, rotate_chunk_keys
+from pypi_downloads_dagster.pypistats import counts_day_start, fetch_many
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
@@ -68,6 +68,11 @@ def failing_clearly():
 def fetch_store(context) -> FetchStore:
     """Fetched chunks awaiting publication, kept in the Dagster instance's storage folder."""
     return FetchStore(Path(context.instance.storage_directory()) / "recent_stats_chunks")
+
+
+def pacing_file(context) -> Path:
+    """The per-egress request schedule every run on this instance shares."""
+    return Path(context.instance.storage_directory()) / "pypistats_pacing.json"
 
 
 def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
@@ -125,35 +130,49 @@ def existing_dataset(dataset_repo: DatasetRepoResource) -> dg.Output[ExistingDat
 
 @dg.asset(group_name=GROUP)
 def stale_packages(
-    context: dg.AssetExecutionContext, config: PlanConfig, pypi_index: pd.DataFrame, existing_dataset: ExistingDataset
+    context: dg.AssetExecutionContext,
+    config: PlanConfig,
+    pypi_index: pd.DataFrame,
+    existing_dataset: ExistingDataset,
+    pypistats: PypistatsApi,
 ) -> dg.Output[pd.DataFrame]:
     """The plan of this cycle: projects never fetched or fetched more than `stale_after_days` ago,
-    oldest first, split into chunks that become the partitions of `recent_stats`. Rows fetched but
-    not yet published count as fetched, so they are not planned again."""
+    oldest first, as many as the egresses can fetch in a day, split into chunks that become the
+    partitions of `recent_stats` (replacing the previous plan's). Rows fetched but not yet
+    published count as fetched, so they are not planned again."""
     started = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
     plan_id = started.strftime("%Y%m%dT%H%M%S")
     pending = fetch_store(context).read_all()
     known, _ = merge_dataset(existing_dataset.frame, pypi_index, newest_fetches(pending.values()))
-    plan = plan_stale(
+    stale = plan_stale(
         pypi_index,
         known,
         now=started.timestamp(),
         plan_id=plan_id,
         stale_after_days=config.stale_after_days,
-        max_packages=config.max_packages,
         chunk_size=config.chunk_size,
     )
+    # Unless told otherwise, plan one day of work: tomorrow's plan takes over what is left.
+    cap = config.max_packages if config.max_packages is not None else pypistats.daily_capacity()
+    plan = stale.head(cap)
     keys = list(dict.fromkeys(plan["chunk"]))
-    if keys:
-        context.instance.add_dynamic_partitions(recent_stats_chunks.name, keys)
-    context.log.info(f"plan {plan_id}: {len(plan)} stale packages in {len(keys)} chunks")
+    removed = rotate_chunk_keys(context.instance, keys)
+    egresses = len(pypistats.proxy_pool.egresses())
+    context.instance.event_log_storage.set_concurrency_slots(PYPISTATS_POOL, egresses)
+    context.log.info(
+        f"plan {plan_id}: {len(plan)} of {len(stale)} stale packages in {len(keys)} chunks; "
+        f"{len(removed)} older chunk keys removed; pool {PYPISTATS_POOL!r} set to {egresses} slot(s)"
+    )
     return dg.Output(
         plan,
         metadata={
             "plan_id": plan_id,
             "packages": len(plan),
+            "stale_packages": len(stale),
+            "cap": cap,
             "never_fetched": int(plan["updated_at"].isna().sum()),
             "chunks": len(keys),
+            "older_chunk_keys_removed": len(removed),
             "unpublished_chunks_counted_as_fetched": len(pending),
             "chunk_keys": dg.MetadataValue.json(keys),
             "preview": _preview(plan),
@@ -164,7 +183,7 @@ def stale_packages(
 @dg.asset(
     group_name=GROUP,
     partitions_def=recent_stats_chunks,
-    pool="pypistats",
+    pool=PYPISTATS_POOL,
     check_specs=[dg.AssetCheckSpec("every_package_answered", asset="recent_stats", description="No package failed after retries.")],
 )
 def recent_stats(
@@ -175,15 +194,22 @@ def recent_stats(
     left out (their rows stay as they were) and reported by the check. Each chunk is stored on its
     own until a publish has taken it in."""
     key = context.partition_key
-    names = stale_packages.loc[stale_packages["chunk"] == key, "normalized"].tolist()
-    if not names:
+    planned = stale_packages.loc[stale_packages["chunk"] == key, "normalized"].tolist()
+    if not planned:
         raise dg.Failure(
             f"chunk {key} is not part of the current plan (plan chunks start with "
             f"{stale_packages['chunk'].iloc[0][:15] if len(stale_packages) else 'nothing: the plan is empty'}); "
             "materialize stale_packages to plan again"
         )
-    client = pypistats.client()
-    context.log.info(f"chunk {key}: {len(names)} packages over {len(client.egresses)} egress(es) at {client.pacing.interval:.2f}s per request each")
+    store = fetch_store(context)
+    # A re-run the same day asks only for what it has not got: the rest cannot have changed.
+    already = store.fetched_since(key, counts_day_start(time.time()))
+    names = [name for name in planned if name not in already]
+    client = pypistats.client(shared_pacing_file=pacing_file(context))
+    context.log.info(
+        f"chunk {key}: {len(names)} packages to fetch ({len(already)} already fetched today) over "
+        f"{len(client.egresses)} egress(es), one request per {client.pacing.interval:.2f}s each"
+    )
     started = time.monotonic()
     last_report = [started]
 
@@ -193,17 +219,20 @@ def recent_stats(
             last_report[0] = now
             context.log.info(f"chunk {key}: {done}/{total} packages answered, {failed} failed so far")
 
-    result = fetch_many(client, pypistats.url, names, on_progress=progress)
+    with store.journal(key) as record:
+        result = fetch_many(client, pypistats.url, names, on_progress=progress, on_result=record)
     seconds = time.monotonic() - started
     failed_sample = dict(list(result.failed.items())[:20])
-    if len(result.fetched) == 0 and result.failed:
+    if len(result.fetched) == 0 and result.failed and not already:
         raise dg.Failure(
             f"chunk {key}: all {len(names)} packages failed, e.g. {next(iter(result.failed.values()))}",
             metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
         )
-    stored = fetch_store(context).write(key, result.fetched)
+    stored = store.write(key, result.fetched)
     return dg.MaterializeResult(
         metadata={
+            "planned": len(planned),
+            "already_fetched_today": len(already),
             "requested": len(names),
             "valid": result.valid,
             "empty": result.empty,
@@ -291,7 +320,9 @@ def hf_dataset_card(
     else:
         context.log.info(f"{repo.description} already holds this dataset; nothing committed")
     # Only now, with the rows safely in the repo, may their fetched chunks go.
-    removed = fetch_store(context).remove_published(merged_dataset, normalize_names(merged_dataset["name"]))
+    removed = fetch_store(context).remove_published(
+        merged_dataset, normalize_names(merged_dataset["name"]), keep_fetched_since=counts_day_start(time.time())
+    )
     commit_meta = dg.MetadataValue.url(outcome.commit) if outcome.commit and outcome.commit.startswith("http") else (outcome.commit or "none")
     return dg.Output(
         card,

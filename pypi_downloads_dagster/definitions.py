@@ -18,9 +18,10 @@ from pypi_downloads_dagster.resources import (
     PypistatsApi,
 )
 from pypi_downloads_dagster.pypistats import DEFAULT_API_URL
+from pypi_downloads_dagster.sensors import CycleSettings, build_cycle_sensor
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float):
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -56,6 +57,10 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict:
             endpoint=env.get("HF_ENDPOINT") or None,
             local_dir=env.get("PYPI_DOWNLOADS_DIR") or DEFAULT_LOCAL_DIR,
         ),
+        "cycle": CycleSettings(
+            deploy_span_seconds=_number(env, "PYPI_DOWNLOADS_DEPLOY_SPAN", 300),
+            max_chunk_attempts=int(_number(env, "PYPI_DOWNLOADS_CHUNK_ATTEMPTS", 3)),
+        ),
     }
 
 
@@ -64,6 +69,7 @@ def build_definitions(env: Mapping[str, str] = os.environ) -> dg.Definitions:
         assets=dg.load_assets_from_modules([assets]),
         jobs=[plan_job, fetch_chunk_job, publish_job],
         schedules=[daily_refresh_schedule],
+        sensors=[build_cycle_sensor(int(_number(env, "PYPI_DOWNLOADS_SENSOR_INTERVAL", 30)))],
         resources=resources_from_env(env),
     )
 

@@ -18,6 +18,22 @@ from pypi_downloads_dagster.schema import COUNT_COLUMNS, STATUS_EMPTY, STATUS_VA
 
 DEFAULT_API_URL = "https://pypistats.org/api"
 
+#: pypistats refreshes its counts once a day, after 01:00 UTC. From 02:00 UTC one day to 02:00 the
+#: next, the counts cannot change, so a project fetched in that span is never asked for again in it.
+COUNTS_DAY_STARTS_AT_HOUR_UTC = 2
+
+
+def counts_day_start(now: float) -> float:
+    """Unix time when the current span of unchanging pypistats counts began."""
+    offset = COUNTS_DAY_STARTS_AT_HOUR_UTC * 3600
+    return (now - offset) // 86_400 * 86_400 + offset
+
+
+def daily_capacity(pacing_interval: float, egresses: int) -> int:
+    """How many projects `egresses` paced at `pacing_interval` can fetch in a day."""
+    return int(86_400 / pacing_interval) * egresses
+
+
 #: Columns of a fetch result: one row per project that got an answer (valid or empty).
 FETCHED_COLUMNS = ("normalized", "last_day", "last_week", "last_month", "status", "updated_at")
 
@@ -93,13 +109,15 @@ def fetch_many(
     *,
     workers: Optional[int] = None,
     on_progress: Optional[Callable[[int, int, int], None]] = None,
+    on_result: Optional[Callable[[RecentCounts], None]] = None,
     clock: Callable[[], float] = time.time,
 ) -> FetchResult:
-    """Fetch counts for `names` (normalized) concurrently; pacing comes from the client.
+    """Fetch counts for `names` concurrently; pacing comes from the client.
 
     `workers` defaults to two per egress, enough to keep every egress busy while a request is in
-    flight. `on_progress(done, total, failed)` is called after each project. Every exception of a
-    worker is recorded against its project; none is dropped.
+    flight. `on_result(counts)` is called with each answer as it arrives (to journal it) and
+    `on_progress(done, total, failed)` after each project. Every exception of a worker is recorded
+    against its project; none is dropped.
     """
     workers = workers or max(1, 2 * len(client.egresses))
     results: list[RecentCounts] = []
@@ -119,6 +137,8 @@ def fetch_many(
         with lock:
             if counts is not None:
                 results.append(counts)
+                if on_result:
+                    on_result(counts)
             else:
                 failed[normalize_name(name)] = error
             done += 1

@@ -3,6 +3,7 @@ and on the proxy pool they all go out through. The work is done by the plain mod
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -11,7 +12,7 @@ from pydantic import Field
 from pypi_downloads_dagster.http import HttpClient, Pacing, RetryPolicy, parse_proxy_pool
 from pypi_downloads_dagster.hub import DatasetRepo, HubDatasetRepo, LocalDatasetRepo
 from pypi_downloads_dagster.pypi_index import ProjectIndex, fetch_index
-from pypi_downloads_dagster.pypistats import DEFAULT_API_URL
+from pypi_downloads_dagster.pypistats import DEFAULT_API_URL, daily_capacity
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple/"
 DEFAULT_LOCAL_DIR = "./data/dataset"
@@ -60,12 +61,18 @@ class PypistatsApi(_RetrySettings):
     timeout: float = Field(default=30.0, description="Seconds to wait for an answer.")
     proxy_pool: ProxyPool = Field(default_factory=ProxyPool)
 
-    def client(self) -> HttpClient:
+    def client(self, shared_pacing_file: Optional[Path] = None) -> HttpClient:
+        """A client pacing each egress; with `shared_pacing_file`, together with every other process using it."""
         return HttpClient(
             self.proxy_pool.egresses(),
             pacing=Pacing(self.max_per_second, self.max_per_minute),
             retry=self.retry_policy(),
+            shared_pacing_file=shared_pacing_file,
         )
+
+    def daily_capacity(self) -> int:
+        """Projects all egresses together can fetch in a day at this pacing."""
+        return daily_capacity(Pacing(self.max_per_second, self.max_per_minute).interval, len(self.proxy_pool.egresses()))
 
 
 class DatasetRepoResource(dg.ConfigurableResource):
