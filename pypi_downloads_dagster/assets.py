@@ -16,6 +16,7 @@ from pydantic import Field
 
 from pypi_downloads_dagster.card import markdown_table, render_dataset_card
 from pypi_downloads_dagster.charts import render_charts
+from pypi_downloads_dagster.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG
 from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
 from pypi_downloads_dagster.fetch_store import FetchStore
 from pypi_downloads_dagster.http import HttpError
@@ -28,7 +29,7 @@ from pypi_downloads_dagster.hub import (
     read_existing_dataset,
 )
 from pypi_downloads_dagster.pypi_index import IndexFormatError
-from pypi_downloads_dagster.partitions import PYPISTATS_POOL, recent_stats_chunks, rotate_chunk_keys
+from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, recent_stats_chunks, rotate_chunk_keys
 from pypi_downloads_dagster.pypistats import counts_day_start, fetch_many
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
@@ -289,6 +290,26 @@ def charts(merged_dataset: pd.DataFrame) -> dg.Output[dict[str, bytes]]:
     return dg.Output(images, metadata=metadata)
 
 
+def _refresh_status(context: dg.AssetExecutionContext) -> str:
+    """Whether this publish completes the current plan or is a checkpoint of it. Only the state, no
+    plan id or time, so publishing the same data again gives the same card."""
+    kind = context.run.tags.get(PUBLISH_TAG)
+    plan = current_plan(context.instance)
+    if kind != FINAL and plan is not None:
+        _, keys, _ = plan
+        done = len(set(keys) & context.instance.get_materialized_partitions(recent_stats.key))
+        if kind == CHECKPOINT or done < len(keys):
+            return f"in progress; this version is a checkpoint with {done} of {len(keys)} planned chunks fetched."
+    return "complete; every stale project planned for this refresh was fetched or is retried in the next one."
+
+
+def _commit_message(tags: dict, counts: dict) -> str:
+    """Says which publish of which plan it was, so the Hub's history reads as the cycle ran."""
+    kind = tags.get(PUBLISH_TAG)
+    prefix = f"{kind.capitalize()} publish of plan {tags.get(PLAN_TAG)}" if kind else "Update dataset"
+    return f"{prefix}: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty"
+
+
 @dg.asset(group_name=GROUP)
 def hf_dataset_card(
     context: dg.AssetExecutionContext,
@@ -301,7 +322,9 @@ def hf_dataset_card(
     """The dataset card (README.md), published with dataset.parquet and the charts in one commit
     on top of the revision the existing dataset was read at. Refuses a publish that would lose
     more than `max_row_loss_share` of the rows; commits nothing when no file changed."""
-    card = render_dataset_card(merged_dataset, repo_id=dataset_repo.display_id, chart_files=tuple(charts))
+    card = render_dataset_card(
+        merged_dataset, repo_id=dataset_repo.display_id, chart_files=tuple(charts), refresh_status=_refresh_status(context)
+    )
     parquet = dataset_to_parquet(merged_dataset)
     files = {DATASET_FILE: parquet, "README.md": card.encode(), **charts}
     counts = _status_counts(merged_dataset)
@@ -313,7 +336,7 @@ def hf_dataset_card(
             existing=existing_dataset,
             new_rows=len(merged_dataset),
             max_row_loss_share=config.max_row_loss_share,
-            message=f"Update dataset: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty",
+            message=_commit_message(context.run.tags, counts),
         )
     if outcome.committed:
         context.log.info(f"published {', '.join(outcome.changed_files)} to {repo.description}: {outcome.commit}")

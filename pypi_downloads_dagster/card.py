@@ -102,11 +102,15 @@ def format_number(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
-def render_dataset_card(frame: pd.DataFrame, *, repo_id: str | None, chart_files=CHART_FILES) -> str:
+def render_dataset_card(
+    frame: pd.DataFrame, *, repo_id: str | None, chart_files=CHART_FILES, refresh_status: str | None = None
+) -> str:
     """The dataset's README.md: Hub metadata (license, size category, a `configs` entry pointing the
     viewer at `dataset.parquet`) and a Markdown summary of `frame`. Deterministic; works for no rows.
 
     `chart_files` are the chart paths relative to the README, embedded in that order.
+    `refresh_status` is one sentence on the refresh this version comes from (complete, or a
+    checkpoint of one in progress), shown under the overview.
     """
     overview = dataset_overview(frame)
     data = DatasetCardData(
@@ -120,7 +124,7 @@ def render_dataset_card(frame: pd.DataFrame, *, repo_id: str | None, chart_files
     )
     sections = [
         _description(),
-        _overview(overview),
+        _overview(overview) + (f"\n\n**Refresh:** {refresh_status}" if refresh_status else ""),
         _schema_table(),
         _charts(chart_files),
         _sample(frame),

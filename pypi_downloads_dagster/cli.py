@@ -12,6 +12,8 @@ from typing import Optional
 
 import dagster as dg
 
+from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG
+
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 
@@ -74,6 +76,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
         _say("summary: FAILED at planning; nothing fetched, nothing published")
         return 1
     index_meta = _materialization_metadata(plan, "pypi_index")
+    plan_id = _materialization_metadata(plan, "stale_packages")["plan_id"]
     plan_frame = plan.output_for_node("stale_packages")
     keys = list(dict.fromkeys(plan_frame["chunk"]))
     _say(f"index: {index_meta.get('projects', '?')} projects; plan: {len(plan_frame)} stale packages in {len(keys)} chunks")
@@ -101,6 +104,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     publish = defs.resolve_job_def("publish_dataset").execute_in_process(
         instance=instance,
         run_config={**QUIET_LOGS, "ops": {"hf_dataset_card": {"config": {"max_row_loss_share": max_row_loss_share}}}},
+        tags={PLAN_TAG: plan_id, PUBLISH_TAG: FINAL},
         raise_on_error=False,
     )
     fetched = f"fetched {totals['valid']} valid, {totals['empty']} empty, {totals['failed']} failed"

@@ -15,6 +15,11 @@ from typing import Optional
 CHECKPOINT = "checkpoint"
 FINAL = "final"
 
+#: Run tags the cycle sets: the plan a run belongs to, which publish it is, chunks done at the time.
+PLAN_TAG = "pypi_downloads/plan"
+PUBLISH_TAG = "pypi_downloads/publish"
+CHUNKS_DONE_TAG = "pypi_downloads/chunks_done"
+
 
 @dataclasses.dataclass(frozen=True)
 class ChunkState:

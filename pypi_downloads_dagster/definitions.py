@@ -71,6 +71,8 @@ def build_definitions(env: Mapping[str, str] = os.environ) -> dg.Definitions:
         schedules=[daily_refresh_schedule],
         sensors=[build_cycle_sensor(int(_number(env, "PYPI_DOWNLOADS_SENSOR_INTERVAL", 30)))],
         resources=resources_from_env(env),
+        # Each run's steps in its own process: no process per step, and a killed run is one process.
+        executor=dg.in_process_executor,
     )
 
 

@@ -1,5 +1,7 @@
 """Partitions: `recent_stats` is split into chunks of the stale plan, added by `stale_packages`."""
 
+from typing import Optional
+
 import dagster as dg
 
 #: One key per chunk, `<plan id>-<chunk number>`, e.g. `20261124T020000-00003`.
@@ -36,3 +38,14 @@ def rotate_chunk_keys(instance: dg.DagsterInstance, current: list[str]) -> list[
     for key in removed:
         instance.delete_dynamic_partition(recent_stats_chunks.name, key)
     return removed
+
+
+def current_plan(instance: dg.DagsterInstance) -> Optional[tuple[str, list[str], float]]:
+    """(plan id, chunk keys, when it was made) of the latest `stale_packages` materialization."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("stale_packages"))
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = event.asset_materialization.metadata
+    if "plan_id" not in metadata:
+        return None
+    return metadata["plan_id"].value, list(metadata["chunk_keys"].value), event.timestamp

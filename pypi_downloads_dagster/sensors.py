@@ -3,19 +3,23 @@
 publishes once more when every chunk is done. The decisions are in `cycle.next_actions`."""
 
 import time
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
-from pypi_downloads_dagster.cycle import FINAL, ChunkState, PublishState, next_actions
+from pypi_downloads_dagster.cycle import (
+    CHUNKS_DONE_TAG,
+    FINAL,
+    PLAN_TAG,
+    PUBLISH_TAG,
+    ChunkState,
+    PublishState,
+    next_actions,
+)
 from pypi_downloads_dagster.jobs import fetch_chunk_job, publish_job
-from pypi_downloads_dagster.partitions import ACTIVE_RUN_STATUSES, partitions_in_progress
+from pypi_downloads_dagster.partitions import ACTIVE_RUN_STATUSES, current_plan, partitions_in_progress
 from pypi_downloads_dagster.resources import PypistatsApi
 
-PLAN_TAG = "pypi_downloads/plan"
-PUBLISH_TAG = "pypi_downloads/publish"
-CHUNKS_DONE_TAG = "pypi_downloads/chunks_done"
 FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
@@ -25,17 +29,6 @@ class CycleSettings(dg.ConfigurableResource):
     deploy_span_seconds: float = Field(default=300, description="Publish a checkpoint at most this often while chunks run.")
     max_chunk_attempts: int = Field(default=3, description="Runs per chunk before it is given up (its packages stay stale).")
     max_publish_attempts: int = Field(default=3, description="Final publish runs per plan before giving up.")
-
-
-def current_plan(instance: dg.DagsterInstance) -> Optional[tuple[str, list[str], float]]:
-    """(plan id, chunk keys, when it was made) of the latest `stale_packages` materialization."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("stale_packages"))
-    if event is None or event.asset_materialization is None:
-        return None
-    metadata = event.asset_materialization.metadata
-    if "plan_id" not in metadata:
-        return None
-    return metadata["plan_id"].value, list(metadata["chunk_keys"].value), event.timestamp
 
 
 def _runs(instance, job_name: str, plan_id: str, statuses=None) -> list:
