@@ -8,7 +8,6 @@ fetched chunks, and writing the Parquet file.
 """
 
 import argparse
-import io
 import json
 import time
 import tracemalloc
@@ -79,7 +78,7 @@ def main():
     plan = measure("plan stale (chunks of 1000)", lambda: plan_stale(projects, existing, now=now, plan_id="P", chunk_size=1000))
     print(f"{'':<44} {len(plan):,} stale in {plan['chunk'].nunique():,} chunks")
     chunks = []
-    for key, group in list(plan.groupby("chunk"))[:50]:
+    for _, group in list(plan.groupby("chunk"))[:50]:
         chunks.append(
             pd.DataFrame(
                 {

@@ -3,7 +3,6 @@ fetches -> merged dataset -> charts -> dataset card, published in one commit. Ea
 wrapper: the work is in the plain modules, the asset reports what happened."""
 
 
-import base64
 import contextlib
 import datetime as dt
 import time
@@ -282,12 +281,11 @@ def merged_dataset(
 
 @dg.asset(group_name=GROUP)
 def charts(merged_dataset: pd.DataFrame) -> dg.Output[dict[str, bytes]]:
-    """The dataset's charts as PNG bytes: download_distribution.png and top_packages.png."""
+    """The dataset's charts as PNG bytes: download_distribution.png and top_packages.png. The
+    publish links them where they were published (not embedded here: every checkpoint would add
+    a few hundred kB to the event log)."""
     images = render_charts(merged_dataset)
-    metadata = {f"{name} bytes": len(data) for name, data in images.items()}
-    for name, data in images.items():
-        metadata[name] = dg.MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})")
-    return dg.Output(images, metadata=metadata)
+    return dg.Output(images, metadata={f"{name} bytes": len(data) for name, data in images.items()})
 
 
 def _refresh_status(context: dg.AssetExecutionContext) -> str:
@@ -347,6 +345,7 @@ def hf_dataset_card(
         merged_dataset, normalize_names(merged_dataset["name"]), keep_fetched_since=counts_day_start(time.time())
     )
     commit_meta = dg.MetadataValue.url(outcome.commit) if outcome.commit and outcome.commit.startswith("http") else (outcome.commit or "none")
+    links = "\n".join(f"- [{name}]({repo.file_link(name)})" for name in files)
     return dg.Output(
         card,
         metadata={
@@ -357,6 +356,7 @@ def hf_dataset_card(
             "fetched_chunks_cleared": len(removed),
             "destination": repo.description,
             "dataset_parquet_bytes": len(parquet),
+            "files": dg.MetadataValue.md(links),
             "card": dg.MetadataValue.md(card),
         },
     )

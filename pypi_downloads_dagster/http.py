@@ -251,7 +251,7 @@ class HttpClient:
                 self._sleep(delay)
             try:
                 response = self._session(egress).get(url, headers=headers, timeout=self.retry.timeout)
-                response.content  # read the whole body now: a cut-off body is retryable
+                _ = response.content  # read the whole body now: a cut-off body is retryable
             except requests.RequestException:
                 state["avoid"] = egress
                 raise

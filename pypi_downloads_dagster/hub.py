@@ -50,6 +50,9 @@ class DatasetRepo(Protocol):
         """Write `files` as one commit on top of `parent`; return a reference to the commit
         (a URL or a revision). Raises PublishConflict when `parent` is not the current head."""
 
+    def file_link(self, path: str) -> str:
+        """Where a person can see the published file (a URL or a local path)."""
+
 
 @dataclasses.dataclass
 class ExistingDataset:
@@ -110,6 +113,9 @@ class LocalDatasetRepo:
         file = self.path / path
         return file.read_bytes() if file.is_file() else None
 
+    def file_link(self, path: str) -> str:
+        return str((self.path / path).resolve())
+
     def commit(self, files: dict[str, bytes], *, parent: Optional[str], message: str) -> str:
         if self.head() != parent:
             raise PublishConflict(f"{self.description} changed since it was read (expected revision {parent}); nothing written")
@@ -161,6 +167,9 @@ class HubDatasetRepo:
             except EntryNotFoundError:
                 return None
             return Path(local).read_bytes()
+
+    def file_link(self, path: str) -> str:
+        return f"{self.api.endpoint}/datasets/{self.repo_id}/blob/main/{path}"
 
     def commit(self, files: dict[str, bytes], *, parent: Optional[str], message: str) -> str:
         from huggingface_hub import CommitOperationAdd

@@ -66,6 +66,7 @@ def main(argv=None) -> int:
 
     os.environ["HF_HUB_DISABLE_XET"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    from pypi_downloads_dagster_tests.fakes.env import service_env
     from pypi_downloads_dagster_tests.fakes.hub import FakeHub
     from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
     from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
@@ -82,19 +83,12 @@ def main(argv=None) -> int:
     with FakeIndex(names) as index, FakePypistats(
         counts, per_second=5, per_minute=30, second_window=0.1, minute_window=3.0
     ) as stats, hub.serve() as hub_server:
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(out / "dagster_home"),
-            "PYPI_INDEX_URL": index.index_url,
-            "PYPISTATS_API_URL": stats.api_url,
-            # The fake's limits are the real ones with time running 10x (second) and 20x (minute)
-            # faster: 50/s and 600/min. Pace for those.
-            "PYPISTATS_MAX_PER_SECOND": "50",
-            "PYPISTATS_MAX_PER_MINUTE": "600",
-            "HF_REPO_ID": REPO,
-            "HF_TOKEN": TOKEN,
-            "HF_ENDPOINT": hub_server.url,
-        }
+        # The fake's limits are the real ones with time running 10x (second) and 20x (minute)
+        # faster: 50/s and 600/min. Pace for those.
+        env = service_env(
+            index=index, stats=stats, hub_url=hub_server.url, repo=REPO, token=TOKEN,
+            dagster_home=out / "dagster_home", max_per_second=50, max_per_minute=600,
+        )
         if args.serve:
             return serve(env)
         print(f"demo: index {index.index_url} ({len(names)} projects), pypistats {stats.api_url}, Hub {hub_server.url}")

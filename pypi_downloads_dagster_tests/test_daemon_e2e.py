@@ -4,7 +4,6 @@ GraphQL and the daemon alone runs the chunks, checkpoints and the final publish.
 killed mid-flight, the next plan starts, and every fetched row is still published, none asked twice."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import dagster as dg
 from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG
 from pypi_downloads_dagster.schema import normalize_name, read_dataset_file
 from pypi_downloads_dagster.partitions import current_plan
+from pypi_downloads_dagster_tests.fakes.env import service_env
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
@@ -61,19 +61,10 @@ def cycle(tmp_path):
         STATS, per_second=5, per_minute=30, second_window=0.2, minute_window=3.0
     ) as stats, hub.serve() as hub_server:
         port = free_port()
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "PYPI_INDEX_URL": index.index_url,
-            "PYPISTATS_API_URL": stats.api_url,
-            "PYPISTATS_MAX_PER_SECOND": "20",
-            "PYPISTATS_MAX_PER_MINUTE": "500",
-            "HF_REPO_ID": REPO,
-            "HF_TOKEN": TOKEN,
-            "HF_ENDPOINT": hub_server.url,
-            "PYPI_DOWNLOADS_SENSOR_INTERVAL": "2",
-            "PYPI_DOWNLOADS_DEPLOY_SPAN": "6",
-        }
+        env = service_env(
+            index=index, stats=stats, hub_url=hub_server.url, repo=REPO, token=TOKEN, dagster_home=home,
+            max_per_second=20, max_per_minute=500, PYPI_DOWNLOADS_SENSOR_INTERVAL=2, PYPI_DOWNLOADS_DEPLOY_SPAN=6,
+        )
         log = open(tmp_path / "dagster_dev.log", "w")
         dev = subprocess.Popen(
             [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],

@@ -1,7 +1,7 @@
 """`pypi-downloads-dagster sync` end to end: the real command in a subprocess, real Dagster runs in a
 temporary DAGSTER_HOME, against the local index, pypistats (rate-limited) and Hub fakes."""
 
-import os
+import io
 import subprocess
 import sys
 import time
@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pypi_downloads_dagster.schema import normalize_name, read_dataset_file
+from pypi_downloads_dagster_tests.fakes.env import service_env
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
@@ -48,8 +49,6 @@ STATS = {
 def old_dataset_parquet() -> bytes:
     frame = pd.DataFrame(OLD_ROWS, columns=["name", "last_day", "last_week", "last_month", "updated_at"])
     frame.insert(1, "url", ["https://pypi.org/simple/" + normalize_name(n) + "/" for n in frame["name"]])
-    import io
-
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
@@ -61,17 +60,10 @@ def services(tmp_path):
     hub.create_dataset_repo(REPO, {"dataset.parquet": old_dataset_parquet()})
     # The real limits (5/s, 30/min per IP) with windows scaled down to 0.1 s and 1 s.
     with FakeIndex(INDEX) as index, FakePypistats(STATS, per_second=5, per_minute=30, second_window=0.1, minute_window=1.0) as stats, hub.serve() as hub_server:
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-            "PYPI_INDEX_URL": index.index_url,
-            "PYPISTATS_API_URL": stats.api_url,
-            "PYPISTATS_MAX_PER_SECOND": "40",
-            "PYPISTATS_MAX_PER_MINUTE": "1500",
-            "HF_REPO_ID": REPO,
-            "HF_TOKEN": TOKEN,
-            "HF_ENDPOINT": hub_server.url,
-        }
+        env = service_env(
+            index=index, stats=stats, hub_url=hub_server.url, repo=REPO, token=TOKEN,
+            dagster_home=tmp_path / "dagster_home", max_per_second=40, max_per_minute=1500,
+        )
         (tmp_path / "dagster_home").mkdir()
         yield index, stats, hub, env
 
