@@ -4,11 +4,12 @@
 
 Prints wall time and peak Python memory (tracemalloc, in a second call) for: parsing the PEP 691 JSON index and the
 PEP 503 HTML index, reading the existing dataset (old float CSV and Parquet), planning, merging 50
-fetched chunks, and writing the Parquet file.
+fetched chunks, writing the Parquet file, and reading and clearing a fetch store of every chunk.
 """
 
 import argparse
 import json
+import tempfile
 import time
 import tracemalloc
 
@@ -16,16 +17,20 @@ import numpy as np
 import pandas as pd
 
 from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
+from pypi_downloads_dagster.fetch_store import FetchStore
 from pypi_downloads_dagster.pypi_index import build_project_index, parse_index_html, parse_index_json
 from pypi_downloads_dagster.schema import dataset_to_parquet, normalize_name, read_dataset_file
 
 
-def measure(label, fn):
+def measure(label, fn, *, repeatable=True):
     """Time one call, then repeat it under tracemalloc for its peak memory (tracing slows it down,
-    so the two are measured apart)."""
+    so the two are measured apart). A call that changes what it works on is measured once."""
     started = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - started
+    if not repeatable:
+        print(f"{label:<44} {seconds:8.2f} s", flush=True)
+        return result
     tracemalloc.start()
     fn()
     _, peak = tracemalloc.get_traced_memory()
@@ -93,6 +98,21 @@ def main():
         )
     merged, stats = measure("merge 50 fetched chunks", lambda: merge_dataset(existing, projects, newest_fetches(chunks)))
     print(f"{'':<44} {stats}")
+
+    # The fetch store at its largest: every planned chunk fetched and not yet published.
+    with tempfile.TemporaryDirectory() as folder:
+        store = FetchStore(folder)
+        template = chunks[0]
+        for number in range(len(plan) // 1000):
+            store.write(f"P-{number:05d}", template.assign(normalized=plan["normalized"].iloc[number * 1000 : (number + 1) * 1000].to_numpy()))
+        pending = measure(f"fetch store: read {len(store.keys())} chunks", lambda: newest_fetches(store.read_all().values()))
+        merged, _ = merge_dataset(existing, projects, pending)
+        removed = measure(
+            "fetch store: clear published chunks",
+            lambda: store.remove_published(merged, projects["normalized"], keep_fetched_since=now + 1),
+            repeatable=False,
+        )
+        print(f"{'':<44} {len(removed)} chunk files removed")
 
 
 if __name__ == "__main__":

@@ -118,17 +118,19 @@ class FetchStore:
         or belongs to a project no longer on the index (`on_index`: normalized names). Returns the
         deleted keys; a chunk with any row not yet published stays, and so does a chunk with rows
         fetched since `keep_fetched_since` (so a re-run of it that day knows to ask for nothing)."""
-        dataset = with_normalized(published).set_index("normalized")["updated_at"]
-        index_names = set(on_index)
-        removed = []
-        for key in self.keys():
-            chunk = self.read(key)
-            published_at = dataset.reindex(chunk["normalized"]).to_numpy()
-            covered = (published_at >= chunk["updated_at"].to_numpy()) | ~chunk["normalized"].isin(index_names).to_numpy()
-            if covered.all() and not (chunk["updated_at"] >= keep_fetched_since).any():
-                self._path(key).unlink(missing_ok=True)
-                self._path(key, JOURNAL).unlink(missing_ok=True)
-                removed.append(key)
+        keys = self.keys()
+        if not keys:
+            return []
+        rows = pd.concat([self.read(key).assign(chunk=key) for key in keys], ignore_index=True)
+        # One lookup over every stored row (not one per chunk: at 900k projects that is minutes).
+        published_at = with_normalized(published).set_index("normalized")["updated_at"].reindex(rows["normalized"]).to_numpy()
+        updated_at = rows["updated_at"].to_numpy()
+        covered = (published_at >= updated_at) | ~rows["normalized"].isin(on_index).to_numpy()
+        removable = pd.Series(covered & (updated_at < keep_fetched_since)).groupby(rows["chunk"].to_numpy()).all()
+        removed = [key for key in keys if removable.get(key, False)]
+        for key in removed:
+            self._path(key).unlink(missing_ok=True)
+            self._path(key, JOURNAL).unlink(missing_ok=True)
         return removed
 
 

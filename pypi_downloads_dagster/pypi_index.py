@@ -9,7 +9,7 @@ import re
 import pandas as pd
 
 from pypi_downloads_dagster.http import HttpClient, HttpError, redact_url
-from pypi_downloads_dagster.schema import normalize_names
+from pypi_downloads_dagster.schema import normalize_name, normalize_names
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPES = ("text/html", "application/vnd.pypi.simple.v1+html")
@@ -106,7 +106,9 @@ def parse_index_html(body: bytes, source: str = "index") -> list[str]:
         name = (anchor.text or "").strip()
         href = anchor.get("href") or ""
         names.append(name)
-        if not href.rstrip("/").endswith("/" + re.sub(r"[-_.]+", "-", name).lower()):
+        # The link's last path segment names the project (absolute or relative, any spelling).
+        target = href.split("#")[0].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        if not target or normalize_name(target) != normalize_name(name):
             mismatched += 1
     if not names:
         raise IndexFormatError(f"{source}: the HTML page has no project links; it is not a simple index")

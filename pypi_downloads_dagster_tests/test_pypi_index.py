@@ -81,3 +81,6 @@ def test_parsers_reject_malformed_documents():
     with pytest.raises(IndexFormatError, match="no project links"):
         parse_index_html(b"<html><body></body></html>")
     assert parse_index_html(b'<html><body><a href="/simple/foo-bar/">Foo.Bar</a></body></html>') == ["Foo.Bar"]
+    # Links may be relative or keep the display spelling (other index servers do both).
+    relative = b'<html><body><a href="foo-bar/">Foo.Bar</a><a href="https://x/simple/Django/">Django</a></body></html>'
+    assert parse_index_html(relative) == ["Foo.Bar", "Django"]
