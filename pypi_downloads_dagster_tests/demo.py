@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     (out / "dagster_home").mkdir(parents=True)
+    shipped = Path(__file__).resolve().parents[1] / "dagster.yaml"  # present in a checkout
+    if shipped.is_file():
+        shutil.copy(shipped, out / "dagster_home")
     names, counts, old = demo_data(args.projects)
     csv = io.StringIO()
     old.to_csv(csv, index=False)

@@ -2,9 +2,11 @@
 temporary DAGSTER_HOME, against the local index, pypistats (rate-limited) and Hub fakes."""
 
 import io
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +67,8 @@ def services(tmp_path):
             dagster_home=tmp_path / "dagster_home", max_per_second=40, max_per_minute=1500,
         )
         (tmp_path / "dagster_home").mkdir()
+        # As README.md sets it up: the shipped instance config in DAGSTER_HOME.
+        shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", tmp_path / "dagster_home")
         yield index, stats, hub, env
 
 
