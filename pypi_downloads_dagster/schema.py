@@ -132,6 +132,15 @@ def _counts(values: pd.Series, column: str, source: str) -> pd.Series:
     return numeric.astype("Int64")
 
 
+def _drop_written_index(frame: pd.DataFrame) -> pd.DataFrame:
+    """A CSV saved with pandas' default `index=True` starts with an unnamed 0..n-1 column: that
+    is the row number, not data. Any other extra column still fails in `conform`."""
+    first = frame.columns[0] if len(frame.columns) else None
+    if first == "Unnamed: 0" and frame[first].tolist() == list(range(len(frame))):
+        return frame.drop(columns=[first])
+    return frame
+
+
 def dataset_to_parquet(frame: pd.DataFrame) -> bytes:
     """Serialise a conformed dataset to Parquet bytes with `DATASET_SCHEMA` (deterministic output)."""
     table = pa.Table.from_pandas(conform(frame), schema=DATASET_SCHEMA, preserve_index=False)
@@ -154,6 +163,7 @@ def read_dataset_file(data: bytes, filename: str) -> pd.DataFrame:
             frame = pq.read_table(io.BytesIO(data)).to_pandas()
         elif filename.endswith(".csv"):
             frame = pd.read_csv(io.BytesIO(data), dtype={"name": str, "url": str, "status": str}, keep_default_na=False, na_values=[""])
+            frame = _drop_written_index(frame)
         else:
             raise DatasetFormatError(f"{filename}: unsupported dataset file type")
     except DatasetFormatError:

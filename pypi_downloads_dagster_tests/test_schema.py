@@ -51,6 +51,14 @@ def test_parquet_round_trip_keeps_schema_and_values():
     assert dataset_to_parquet(back) == data, "same data must give the same bytes"
 
 
+def test_csv_saved_with_its_row_numbers_reads_but_other_extra_columns_fail():
+    with_index = old_float_frame().to_csv().encode()  # pandas' default: index=True
+    assert read_dataset_file(with_index, "dataset.csv")["name"].tolist()[0] == "Django"
+    shuffled = old_float_frame().set_axis([3, 1, 0, 2]).to_csv().encode()
+    with pytest.raises(DatasetFormatError, match="unexpected columns"):
+        read_dataset_file(shuffled, "dataset.csv")
+
+
 def test_csv_of_the_old_tool_reads_including_a_project_named_nan():
     buffer = io.StringIO()
     old_float_frame().to_csv(buffer, index=False)
