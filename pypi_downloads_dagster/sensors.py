@@ -87,8 +87,13 @@ def build_cycle_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinitio
             max_publish_attempts=cycle.max_publish_attempts,
         )
         context.log.info(f"plan {plan_id}: {actions.summary}")
-        if actions.given_up:
-            context.log.warning(f"plan {plan_id}: gave up on {len(actions.given_up)} chunks after {cycle.max_chunk_attempts} failed runs: {actions.given_up[:10]}")
+        # The cursor remembers what was reported, so a give-up is warned about once, not every tick.
+        cursor = f"{plan_id}:{len(actions.given_up)}"
+        if actions.given_up and context.cursor != cursor:
+            context.log.warning(
+                f"plan {plan_id}: gave up on {len(actions.given_up)} chunks after {cycle.max_chunk_attempts} "
+                f"failed runs each; their packages stay stale for the next plan: {actions.given_up[:10]}"
+            )
         requests = [
             dg.RunRequest(
                 run_key=f"{launch.key}#{launch.attempt}",
@@ -109,7 +114,7 @@ def build_cycle_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefinitio
                 )
             )
         if not requests:
-            return dg.SkipReason(f"plan {plan_id}: {actions.summary}")
-        return dg.SensorResult(run_requests=requests)
+            return dg.SensorResult(skip_reason=f"plan {plan_id}: {actions.summary}", cursor=cursor)
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return daily_cycle
