@@ -3,7 +3,8 @@
 - An *egress* is one way out to the internet: direct, or one proxy of the pool (`PP_URL`). Rate
   limits such as pypistats' are per client IP, so pacing is kept per egress.
 - *Pacing* spaces requests on each egress evenly, a little below the server's limits, so a client
-  never bursts past them (pypistats: 5/s and 30/min per IP; a 429 carries no Retry-After).
+  never bursts past them (pypistats: 5/s and 30/min per IP; a 429 carries no Retry-After). The
+  schedule can live in a file that every process on the machine shares (concurrent chunk runs).
 - *Retries* (tenacity) cover 429, 5xx, connection errors, timeouts and bodies cut short; each
   attempt may leave through another egress. Other statuses go back to the caller to interpret.
 - Proxy credentials never appear in labels, logs or errors: egresses are named by host and port.
