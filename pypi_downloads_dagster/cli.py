@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ def _instance() -> dg.DagsterInstance:
         home = Path(DEFAULT_DAGSTER_HOME).resolve()
         home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(home)
+        shipped = Path("dagster.yaml")  # in the project's checkout, as README.md sets it up
+        if shipped.is_file() and not (home / "dagster.yaml").exists():
+            shutil.copy(shipped, home / "dagster.yaml")
         _say(f"DAGSTER_HOME is not set; using {home}")
     return dg.DagsterInstance.get()
 
