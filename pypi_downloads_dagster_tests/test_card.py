@@ -20,28 +20,14 @@ from pypi_downloads_dagster.card import (
 )
 from pypi_downloads_dagster.charts import CHART_FILES
 from pypi_downloads_dagster.schema import COLUMNS, COUNT_COLUMNS, conform, empty_dataset
+from pypi_downloads_dagster_tests.synthetic import synthetic_dataset
 
 REPO = "someone/pypi-downloads"
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
 
 def make_frame(rows: int, seed: int = 2) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(["valid", "empty", "never"], size=rows, p=[0.5, 0.2, 0.3])
-    month = np.floor(rng.lognormal(4, 2.5, rows))
-    counts = {"last_month": month, "last_week": np.floor(month / 4), "last_day": np.floor(month / 30)}
-    return conform(
-        pd.DataFrame(
-            {
-                "name": [f"Pkg-{i:05d}" for i in range(rows)],
-                "url": [f"https://pypi.org/simple/pkg-{i:05d}/" for i in range(rows)],
-                **{c: np.where(kind == "valid", counts[c], np.nan) for c in COUNT_COLUMNS},
-                "status": np.where(kind == "never", None, kind),
-                # Spread over 60 days before 2024-03-01 so some rows count as stale.
-                "updated_at": np.where(kind == "never", np.nan, 1_709_251_200 - rng.uniform(0, 60 * 86400, rows)),
-            }
-        )
-    )
+    return synthetic_dataset(rows, seed=seed, valid_share=0.5, empty_share=0.2)
 
 
 def section(card: str, heading_start: str) -> str:

@@ -24,31 +24,15 @@ from pypi_downloads_dagster.charts import (
     render_charts,
     top_packages,
 )
-from pypi_downloads_dagster.schema import COUNT_COLUMNS, conform, empty_dataset
+from pypi_downloads_dagster.schema import COUNT_COLUMNS, empty_dataset
+from pypi_downloads_dagster_tests.synthetic import synthetic_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def make_frame(rows: int, seed: int = 1, valid_share: float = 0.6) -> pd.DataFrame:
     """A conformed dataset with heavy-tailed counts, some zeros, some 'empty' and never-fetched rows."""
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(["valid", "empty", "never"], size=rows, p=[valid_share, (1 - valid_share) / 2, (1 - valid_share) / 2])
-    month = np.floor(rng.lognormal(3, 2.5, rows))
-    counts = {"last_month": month, "last_week": np.floor(month / 4), "last_day": np.floor(month / 30)}
-    return conform(
-        pd.DataFrame(
-            {
-                "name": [f"pkg-{i:05d}" for i in range(rows)],
-                "url": [f"https://pypi.org/simple/pkg-{i:05d}/" for i in range(rows)],
-                **{c: np.where(kind == "valid", counts[c], np.nan) for c in COUNT_COLUMNS},
-                "status": np.where(kind == "never", None, kind),
-                "updated_at": np.where(kind == "never", np.nan, 1.7e9 + np.arange(rows)),
-            }
-        )
-    )
-
-
-# --- statistics ----------------------------------------------------------------------------------
+    return synthetic_dataset(rows, seed=seed, valid_share=valid_share, log_mean=3.0)
 
 
 def test_known_counts_drops_nulls_for_new_and_old_layouts():
