@@ -43,8 +43,8 @@ class IndexConfig(dg.Config):
 
 class PlanConfig(dg.Config):
     stale_after_days: float = Field(default=30, description="Refetch rows older than this many days.")
-    max_packages: Optional[int] = Field(default=None, description="Plan at most this many packages per cycle.")
-    chunk_size: int = Field(default=1000, description="Packages per recent_stats partition.")
+    max_packages: Optional[int] = Field(default=None, ge=0, description="Plan at most this many packages per cycle.")
+    chunk_size: int = Field(default=1000, ge=1, description="Packages per recent_stats partition.")
 
 
 class PublishConfig(dg.Config):
@@ -321,7 +321,7 @@ def hf_dataset_card(
     on top of the revision the existing dataset was read at. Refuses a publish that would lose
     more than `max_row_loss_share` of the rows; commits nothing when no file changed."""
     card = render_dataset_card(
-        merged_dataset, repo_id=dataset_repo.display_id, chart_files=tuple(charts), refresh_status=_refresh_status(context)
+        merged_dataset, repo_id=dataset_repo.repo_id, chart_files=tuple(charts), refresh_status=_refresh_status(context)
     )
     parquet = dataset_to_parquet(merged_dataset)
     files = {DATASET_FILE: parquet, "README.md": card.encode(), **charts}

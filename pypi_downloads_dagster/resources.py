@@ -89,7 +89,3 @@ class DatasetRepoResource(dg.ConfigurableResource):
         if self.repo_id:
             return HubDatasetRepo(self.repo_id, token=self.token or None, endpoint=self.endpoint or None)
         return LocalDatasetRepo(self.local_dir)
-
-    @property
-    def display_id(self) -> Optional[str]:
-        return self.repo_id or None
