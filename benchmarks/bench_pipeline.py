@@ -60,7 +60,7 @@ def main():
 
     parsed, _ = measure("parse PEP 691 JSON index", lambda: parse_index_json(json_body))
     measure("parse PEP 503 HTML index (pyquery)", lambda: parse_index_html(html_body))
-    projects = measure("validate + normalize index", lambda: build_project_index(parsed, "https://pypi.org/simple/", fmt="json")).projects
+    projects = measure("validate + normalize index", lambda: build_project_index(parsed, fmt="json")).projects
 
     now = 1_800_000_000.0
     month = rng.pareto(1.2, n) * 10

@@ -15,21 +15,16 @@ from pydantic import Field
 
 from pypi_downloads_dagster.card import markdown_table, render_dataset_card
 from pypi_downloads_dagster.charts import render_charts
-from pypi_downloads_dagster.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG
-from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
+from pypi_downloads_dagster.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
+from pypi_downloads_dagster.dataset import choose_canary, merge_dataset, newest_fetches, plan_stale
 from pypi_downloads_dagster.fetch_store import FetchStore
+from pypi_downloads_dagster.guards import IndexTooShort, PublishGuards, PublishRefused, check_index_length
 from pypi_downloads_dagster.http import HttpError
-from pypi_downloads_dagster.hub import (
-    DatasetReadError,
-    ExistingDataset,
-    PublishConflict,
-    PublishRefused,
-    publish_dataset,
-    read_existing_dataset,
-)
+from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
 from pypi_downloads_dagster.pypi_index import IndexFormatError
 from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, recent_stats_chunks, rotate_chunk_keys
-from pypi_downloads_dagster.pypistats import counts_day_start, fetch_many
+from pypi_downloads_dagster.publish import Publication, publish_snapshot
+from pypi_downloads_dagster.pypistats import BrokenClock, WrongStatsEndpoint, check_canary, counts_day_start, fetch_many
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
@@ -41,20 +36,47 @@ class IndexConfig(dg.Config):
     min_projects: int = Field(default=1, description="Fail when the index lists fewer valid projects than this.")
 
 
+def _share(default: float, description: str):
+    return Field(default=default, ge=0, le=1, description=description)
+
+
 class PlanConfig(dg.Config):
-    stale_after_days: float = Field(default=30, description="Refetch rows older than this many days.")
+    stale_after_days: float = Field(default=30, gt=0, description="Refetch rows older than this many days.")
     max_packages: Optional[int] = Field(default=None, ge=0, description="Plan at most this many packages per cycle.")
     chunk_size: int = Field(default=1000, ge=1, description="Packages per recent_stats partition.")
-
-
-class PublishConfig(dg.Config):
-    max_row_loss_share: float = Field(
-        default=0.05, description="Refuse to publish when the dataset would lose more than this share of its rows."
+    max_row_loss_share: float = _share(
+        0.05, "Fail the plan when the index lists fewer projects than the published dataset has rows, by more than this share."
     )
 
 
+class PublishConfig(dg.Config):
+    """The publish guards (see README, "What protects the dataset"); each a share in [0, 1]."""
+
+    max_row_loss_share: float = _share(0.05, "Refuse when the dataset would lose more than this share of its rows.")
+    max_counted_row_loss_share: float = _share(0.05, "Refuse when it would lose more than this share of its rows with counts.")
+    max_month_total_drop_share: float = _share(0.25, "Refuse when the total of last_month would fall by more than this share.")
+    max_valid_to_empty_share: float = _share(
+        0.2, "Refuse when more than this share of the rows with counts fetched again turn empty (from 10 rows on)."
+    )
+
+    def guards(self) -> PublishGuards:
+        return PublishGuards(
+            self.max_row_loss_share, self.max_counted_row_loss_share, self.max_month_total_drop_share, self.max_valid_to_empty_share
+        )
+
+
 #: Failures with a message that says it all: shown as such in the UI and by `sync`, no traceback hunt.
-EXPECTED_FAILURES = (HttpError, IndexFormatError, DatasetReadError, PublishRefused, PublishConflict, PermissionError)
+EXPECTED_FAILURES = (
+    HttpError,
+    IndexFormatError,
+    IndexTooShort,
+    DatasetReadError,
+    PublishRefused,
+    PublishConflict,
+    PermissionError,
+    WrongStatsEndpoint,
+    BrokenClock,
+)
 
 
 @contextlib.contextmanager
@@ -73,6 +95,12 @@ def fetch_store(context) -> FetchStore:
 def pacing_file(context) -> Path:
     """The per-egress request schedule every run on this instance shares."""
     return Path(context.instance.storage_directory()) / "pypistats_pacing.json"
+
+
+def _plan_canary(instance: dg.DagsterInstance) -> str:
+    event = instance.get_latest_materialization_event(dg.AssetKey("stale_packages"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    return metadata["canary"].value if "canary" in metadata else ""
 
 
 def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
@@ -140,10 +168,12 @@ def stale_packages(
     oldest first, as many as the egresses can fetch in a day, split into chunks that become the
     partitions of `recent_stats` (replacing the previous plan's). Rows fetched but not yet
     published count as fetched, so they are not planned again."""
+    with failing_clearly():
+        check_index_length(len(pypi_index), len(existing_dataset.frame), config.max_row_loss_share)
     started = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
     plan_id = started.strftime("%Y%m%dT%H%M%S")
     pending = fetch_store(context).read_all()
-    known, _ = merge_dataset(existing_dataset.frame, pypi_index, newest_fetches(pending.values()))
+    known, _ = merge_dataset(existing_dataset.frame, pypi_index, newest_fetches(pending.values()), now=started.timestamp())
     stale = plan_stale(
         pypi_index,
         known,
@@ -167,6 +197,7 @@ def stale_packages(
         plan,
         metadata={
             "plan_id": plan_id,
+            "canary": choose_canary(existing_dataset.frame) or "",
             "packages": len(plan),
             "stale_packages": len(stale),
             "cap": cap,
@@ -201,11 +232,17 @@ def recent_stats(
             f"{stale_packages['chunk'].iloc[0][:15] if len(stale_packages) else 'nothing: the plan is empty'}); "
             "materialize stale_packages to plan again"
         )
+    client = pypistats.client(shared_pacing_file=pacing_file(context))
+    canary = _plan_canary(context.instance)
+    if canary:
+        # A project the published dataset knows to have counts: if the API does not know it, the
+        # URL or a proxy is wrong, and every 404 would wrongly record `empty`.
+        with failing_clearly():
+            check_canary(client, pypistats.url, canary)
     store = fetch_store(context)
     # A re-run the same day asks only for what it has not got: the rest cannot have changed.
     already = store.fetched_since(key, counts_day_start(time.time()))
     names = [name for name in planned if name not in already]
-    client = pypistats.client(shared_pacing_file=pacing_file(context))
     context.log.info(
         f"chunk {key}: {len(names)} packages to fetch ({len(already)} already fetched today) over "
         f"{len(client.egresses)} egress(es), one request per {client.pacing.interval:.2f}s each"
@@ -253,101 +290,123 @@ def recent_stats(
     )
 
 
-@dg.asset(group_name=GROUP, deps=[recent_stats])
-def merged_dataset(
-    context: dg.AssetExecutionContext, pypi_index: pd.DataFrame, existing_dataset: ExistingDataset
-) -> dg.Output[pd.DataFrame]:
-    """The new dataset: one row per project on the current index, sorted by name, with the newest
-    fetched counts of every stored `recent_stats` chunk applied over the published rows."""
-    recent_stats = fetch_store(context).read_all()
-    fetched = newest_fetches(recent_stats.values())
-    merged, stats = merge_dataset(existing_dataset.frame, pypi_index, fetched)
-    context.log.info(
-        f"merged {len(recent_stats)} chunks: {stats.updated} rows updated, {stats.added} added, {stats.removed} removed"
-    )
-    return dg.Output(
-        merged,
-        metadata={
-            **_status_counts(merged),
-            "chunks_merged": len(recent_stats),
-            "rows_updated": stats.updated,
-            "projects_added": stats.added,
-            "projects_removed": stats.removed,
-            "fetched_not_on_index": stats.fetched_not_on_index,
-            "preview": _preview(merged),
-        },
-    )
-
-
-@dg.asset(group_name=GROUP)
-def charts(merged_dataset: pd.DataFrame) -> dg.Output[dict[str, bytes]]:
-    """The dataset's charts as PNG bytes: download_distribution.png and top_packages.png. The
-    publish links them where they were published (not embedded here: every checkpoint would add
-    a few hundred kB to the event log)."""
-    images = render_charts(merged_dataset)
-    return dg.Output(images, metadata={f"{name} bytes": len(data) for name, data in images.items()})
-
-
-def _refresh_status(context: dg.AssetExecutionContext) -> str:
-    """Whether this publish completes the current plan or is a checkpoint of it. Only the state, no
-    plan id or time, so publishing the same data again gives the same card."""
-    kind = context.run.tags.get(PUBLISH_TAG)
-    plan = current_plan(context.instance)
-    if kind != FINAL and plan is not None:
-        _, keys, _ = plan
-        done = len(set(keys) & context.instance.get_materialized_partitions(recent_stats.key))
-        if kind == CHECKPOINT or done < len(keys):
-            return f"in progress; this version is a checkpoint with {done} of {len(keys)} planned chunks fetched."
-    return "complete; every stale project planned for this refresh was fetched or is retried in the next one."
-
-
-def _commit_message(tags: dict, counts: dict) -> str:
-    """Says which publish of which plan it was, so the Hub's history reads as the cycle ran."""
-    kind = tags.get(PUBLISH_TAG)
-    prefix = f"{kind.capitalize()} publish of plan {tags.get(PLAN_TAG)}" if kind else "Update dataset"
-    return f"{prefix}: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty"
-
-
-@dg.asset(group_name=GROUP)
-def hf_dataset_card(
-    context: dg.AssetExecutionContext,
-    config: PublishConfig,
-    merged_dataset: pd.DataFrame,
-    charts: dict[str, bytes],
-    existing_dataset: ExistingDataset,
-    dataset_repo: DatasetRepoResource,
-) -> dg.Output[str]:
-    """The dataset card (README.md), published with dataset.parquet and the charts in one commit
-    on top of the revision the existing dataset was read at. Refuses a publish that would lose
-    more than `max_row_loss_share` of the rows; commits nothing when no file changed."""
-    card = render_dataset_card(
-        merged_dataset, repo_id=dataset_repo.repo_id, chart_files=tuple(charts), refresh_status=_refresh_status(context)
-    )
-    parquet = dataset_to_parquet(merged_dataset)
-    files = {DATASET_FILE: parquet, "README.md": card.encode(), **charts}
-    counts = _status_counts(merged_dataset)
-    repo = dataset_repo.repo()
-    with failing_clearly():
-        outcome = publish_dataset(
-            repo,
-            files,
-            existing=existing_dataset,
-            new_rows=len(merged_dataset),
-            max_row_loss_share=config.max_row_loss_share,
-            message=_commit_message(context.run.tags, counts),
+def _publication_checks(publication: Publication) -> list[dg.AssetCheckResult]:
+    """The checks on the dataset about to be published, as the UI shows them. Each blocks the publish."""
+    results = [
+        dg.AssetCheckResult(
+            asset_key=MERGED, check_name=check.name, passed=check.passed, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "rows_violating": check.violations,
+                "rows_carried_over_violating": check.carried,
+                "examples": dg.MetadataValue.json(list(check.examples)),
+            },
         )
+        for check in publication.checks
+    ]
+    results.append(
+        dg.AssetCheckResult(
+            asset_key=MERGED, check_name="publish_guards", severity=dg.AssetCheckSeverity.ERROR,
+            passed=all(figure.passed for figure in publication.figures),
+            metadata={figure.name: dg.MetadataValue.text(figure.describe()) for figure in publication.figures},
+        )
+    )
+    return results
+
+
+MERGED = dg.AssetKey("merged_dataset")
+PUBLISH_CHECKS = [
+    dg.AssetCheckSpec("one_row_per_index_project", asset=MERGED, description="One row for each project on the index, none for others."),
+    dg.AssetCheckSpec("unique_normalized_names", asset=MERGED, description="No two rows share a normalized project name."),
+    dg.AssetCheckSpec("counts_match_status", asset=MERGED, description="valid rows have counts; empty and never-fetched rows have none."),
+    dg.AssetCheckSpec("counts_ordered", asset=MERGED, description="last_day <= last_week <= last_month."),
+    dg.AssetCheckSpec("publish_guards", asset=MERGED, description="Rows, rows with counts, monthly total and valid-to-empty against the published dataset."),
+]
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "merged_dataset", group_name=GROUP, deps=["pypi_index", recent_stats],
+            description="The new dataset: one row per project on the index, sorted by name, the newest fetched counts "
+            "of every stored recent_stats chunk applied over the rows of the repo head it is published on.",
+        ),
+        dg.AssetSpec("charts", group_name=GROUP, deps=["merged_dataset"], description="download_distribution.png and top_packages.png, rendered from merged_dataset."),
+        dg.AssetSpec(
+            "hf_dataset_card", group_name=GROUP, deps=["merged_dataset", "charts"],
+            description="The dataset card (README.md), published with dataset.parquet and the charts in one commit on top of the head they were built on.",
+        ),
+    ],
+    ins={"pypi_index": dg.AssetIn("pypi_index")},
+    check_specs=PUBLISH_CHECKS,
+    name="publish",
+)
+def publish(
+    context: dg.AssetExecutionContext, config: PublishConfig, pypi_index: pd.DataFrame, dataset_repo: DatasetRepoResource
+):
+    """One consistent snapshot: read the repo head, merge every stored chunk onto it, check and guard
+    the result, render card and charts from it and commit with that head as parent (again on a
+    conflict). A failed check or guard refuses the publish and leaves the repo as it was."""
+    repo = dataset_repo.repo()
+    store = fetch_store(context)
+    chunks = store.read_all()
+    refresh_status = _refresh_status(context)
+
+    def render_files(publication: Publication) -> dict[str, bytes]:
+        images = render_charts(publication.frame)
+        card = render_dataset_card(
+            publication.frame, repo_id=dataset_repo.repo_id, chart_files=tuple(images), refresh_status=refresh_status
+        )
+        parquet = dataset_to_parquet(publication.frame, baseline=publication.baseline.to_dict())
+        return {DATASET_FILE: parquet, "README.md": card.encode(), **images}
+
+    with failing_clearly():
+        publication = publish_snapshot(
+            repo,
+            projects=pypi_index,
+            fetched=newest_fetches(chunks.values()),
+            guards=config.guards(),
+            render_files=render_files,
+            message=lambda p: _commit_message(context.run.tags, _status_counts(p.frame)),
+        )
+    yield from _publication_checks(publication)
+    if publication.refusal:
+        raise dg.Failure(description=f"PublishRefused: {publication.refusal}")
+
+    outcome, frame, stats = publication.outcome, publication.frame, publication.stats
     if outcome.committed:
         context.log.info(f"published {', '.join(outcome.changed_files)} to {repo.description}: {outcome.commit}")
     else:
         context.log.info(f"{repo.description} already holds this dataset; nothing committed")
+    if stats.superseded:
+        context.log.warning(f"{stats.superseded} fetched rows were older than the published rows and were not applied")
     # Only now, with the rows safely in the repo, may their fetched chunks go.
-    removed = fetch_store(context).remove_published(
-        merged_dataset, normalize_names(merged_dataset["name"]), keep_fetched_since=counts_day_start(time.time())
+    removed = store.remove_published(frame, normalize_names(frame["name"]), keep_fetched_since=counts_day_start(time.time()))
+    counts = _status_counts(frame)
+    yield dg.MaterializeResult(
+        asset_key="merged_dataset",
+        metadata={
+            **counts,
+            "published_on_revision": publication.existing.revision or "none (new repo)",
+            "publish_attempts": publication.attempts,
+            "chunks_merged": len(chunks),
+            "rows_updated": stats.updated,
+            "projects_added": stats.added,
+            "projects_removed": stats.removed,
+            "fetched_not_on_index": stats.fetched_not_on_index,
+            "fetches_superseded": stats.superseded,
+            "untrusted_times_replaced": stats.untrusted_times_replaced,
+            **{f"guard: {figure.name}": dg.MetadataValue.text(figure.describe()) for figure in publication.figures},
+            "preview": _preview(frame),
+        },
+    )
+    images = {name: data for name, data in publication.files.items() if name.endswith(".png")}
+    yield dg.MaterializeResult(
+        asset_key="charts", metadata={f"{name} bytes": len(data) for name, data in images.items()}
     )
     commit_meta = dg.MetadataValue.url(outcome.commit) if outcome.commit and outcome.commit.startswith("http") else (outcome.commit or "none")
-    links = "\n".join(f"- [{name}]({repo.file_link(name)})" for name in files)
-    return dg.Output(
-        card,
+    links = "\n".join(f"- [{name}]({repo.file_link(name)})" for name in publication.files)
+    yield dg.MaterializeResult(
+        asset_key="hf_dataset_card",
         metadata={
             **counts,
             "committed": outcome.committed,
@@ -355,8 +414,31 @@ def hf_dataset_card(
             "changed_files": dg.MetadataValue.json(list(outcome.changed_files)),
             "fetched_chunks_cleared": len(removed),
             "destination": repo.description,
-            "dataset_parquet_bytes": len(parquet),
+            "dataset_parquet_bytes": len(publication.files[DATASET_FILE]),
             "files": dg.MetadataValue.md(links),
-            "card": dg.MetadataValue.md(card),
+            "card": dg.MetadataValue.md(publication.files["README.md"].decode()),
         },
     )
+
+
+def _refresh_status(context: dg.AssetExecutionContext) -> str:
+    """Whether this publish completes the current plan, from what the instance knows of its chunks."""
+    plan = current_plan(context.instance)
+    if plan is None:
+        return describe_refresh(context.run.tags.get(PUBLISH_TAG), planned=0, done=0, fully_answered=0)
+    _, keys, _ = plan
+    latest: dict[str, dict] = {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("recent_stats"), asset_partitions=keys), limit=max(1, 10 * len(keys))
+    ).records
+    for record in sorted(records, key=lambda r: r.timestamp):
+        latest[record.partition_key] = record.asset_materialization.metadata
+    fully = sum(1 for meta in latest.values() if "failed" in meta and meta["failed"].value == 0)
+    return describe_refresh(context.run.tags.get(PUBLISH_TAG), planned=len(keys), done=len(latest), fully_answered=fully)
+
+
+def _commit_message(tags: dict, counts: dict) -> str:
+    """Says which publish of which plan it was, so the Hub's history reads as the cycle ran."""
+    kind = tags.get(PUBLISH_TAG)
+    prefix = f"{kind.capitalize()} publish of plan {tags.get(PLAN_TAG)}" if kind else "Update dataset"
+    return f"{prefix}: {counts['rows']:,} packages, {counts['valid']:,} with downloads, {counts['empty']:,} empty"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 
 import numpy as np
 import pandas as pd
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .charts import CHART_FILES, PERIOD_LABELS, TOP_N, period_stats, top_packages
+from .charts import CHART_FILES, PERIOD_LABELS, TOP_N, period_stats, snapshot_date, top_packages
 from .schema import COLUMN_DOCS, COLUMNS, COUNT_COLUMNS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID
 
 PRETTY_NAME = "PyPI Download Counts"
@@ -22,6 +23,17 @@ TAGS = ["pypi", "python", "packages", "downloads", "pypistats", "statistics"]
 SAMPLE_ROWS = 20
 SAMPLE_SEED = 0
 STALE_DAYS = 30
+HUB_DATASETS_URL = "https://huggingface.co/datasets/"
+
+#: How each reader types the count columns of `dataset.parquet` and shows a null count:
+#: (reader, call, count type, null). test_readers.py reads the file with each and checks these claims.
+READER_TYPES = (
+    ("pandas", "`pd.read_parquet(path)`", "Int64", "<NA>"),
+    ("pyarrow", "`pq.read_table(path)`", "int64", "null"),
+    ("datasets", '`load_dataset("parquet", data_files=path)`', "int64", "None"),
+)
+
+_FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\r?\n(?:.*?\r?\n)?---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 #: The Hub's `size_categories` buckets: (exclusive upper bound, label); larger is "n>1T".
 SIZE_CATEGORIES = (
@@ -118,7 +130,7 @@ def render_dataset_card(
         language=["en"],
         tags=TAGS,
         size_categories=[size_category(overview["total"])],
-        source_datasets=["pypistats"],
+        # No `source_datasets`: it takes Hub dataset ids, and pypistats is a web API (named in the text).
         pretty_name=PRETTY_NAME,
         configs=[{"config_name": "default", "data_files": DATASET_FILE}],
     )
@@ -131,9 +143,19 @@ def render_dataset_card(
         _top(frame),
         _statistics(frame),
         _usage(repo_id),
+        _source_and_terms(),
+        _limitations(),
+        _citation(repo_id, snapshot_date(frame)),
     ]
     body = "\n\n".join(section.strip() for section in sections if section) + "\n"
     return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def card_without_front_matter(card: str) -> str:
+    """The Markdown body of `card` without its YAML front matter (the Dagster UI shows that header
+    as a garbled list); a card without front matter comes back unchanged."""
+    match = _FRONT_MATTER.match(card)
+    return card[match.end():].lstrip("\r\n") if match else card
 
 
 def _description() -> str:
@@ -171,7 +193,17 @@ def _overview(o: dict) -> str:
 
 def _schema_table() -> str:
     rows = [(f"`{column}`", *COLUMN_DOCS[column]) for column in COLUMNS]
-    return f"## Schema\n\nOne file, `{DATASET_FILE}`, sorted by `name`.\n\n" + _table(["column", "type", "description"], rows)
+    readers = [(name, call, f"`{count_type}`", f"`{null}`") for name, call, count_type, null in READER_TYPES]
+    return (
+        f"## Schema\n\nOne file, `{DATASET_FILE}`, sorted by `name`.\n\n"
+        + _table(["column", "type", "description"], rows)
+        + "\n\nThe counts are stored as nullable 64-bit integers, and the file carries pandas metadata, "
+        "so each reader gets integers with a real null (no float64 with NaN):\n\n"
+        + _table(["reader", "call", "count columns", "null count"], readers)
+        + "\n\n🤗 Datasets' `Dataset.to_pandas()` still turns integer columns with nulls into float64 with NaN; "
+        "read the file with `pd.read_parquet` for `Int64` counts. `updated_at` is float64 Unix seconds (UTC) "
+        'in every reader; `pd.to_datetime(df["updated_at"], unit="s", utc=True)` gives timestamps.'
+    )
 
 
 def _charts(chart_files) -> str:
@@ -199,7 +231,7 @@ def _sample(frame: pd.DataFrame) -> str:
         )
         for row in sample.itertuples(index=False)
     ]
-    return heading + _table(list(COLUMNS), rows, align="llrrrll")
+    return heading + _table([*COLUMNS[:-1], "updated_at (UTC)"], rows, align="llrrrll")
 
 
 def _top(frame: pd.DataFrame) -> str:
@@ -208,10 +240,10 @@ def _top(frame: pd.DataFrame) -> str:
     if top.empty:
         return heading + "_No download counts yet._"
     rows = [
-        (str(rank), markdown_cell(row.name), *(format_number(getattr(row, c)) for c in COUNT_COLUMNS))
+        (str(rank), markdown_cell(row.name), *(format_number(getattr(row, c)) for c in COUNT_COLUMNS), _utc(row.updated_at))
         for rank, row in enumerate(top.itertuples(index=False), start=1)
     ]
-    return heading + _table(["#", "name", *COUNT_COLUMNS], rows, align="rlrrr")
+    return heading + _table(["#", "name", *COUNT_COLUMNS, "updated_at (UTC)"], rows, align="rlrrrl")
 
 
 def _statistics(frame: pd.DataFrame) -> str:
@@ -233,6 +265,60 @@ def _usage(repo_id: str | None) -> str:
     return f"## Usage\n\n```python\n{code}\n```"
 
 
+def _source_and_terms() -> str:
+    return """
+## Source and terms
+
+- The counts come from [pypistats.org](https://pypistats.org) (its `recent` API). pypistats computes
+  them from PyPI's public download logs in Google BigQuery, the dataset `bigquery-public-data.pypi`,
+  **excluding mirrors** (downloads by mirroring tools such as bandersnatch and devpi are not counted).
+- PyPI's download data itself is public: anyone can query `bigquery-public-data.pypi`
+  ([how](https://packaging.python.org/en/latest/guides/analyzing-pypi-package-downloads/)).
+- pypistats is a free service and asks API clients to be gentle: not to hammer it or crawl every
+  package at full speed ([etiquette](https://pypistats.org/api/)). The refresh behind this dataset
+  paces its requests below pypistats' rate limits and names itself in its User-Agent. For your own
+  analyses, use this file or BigQuery rather than querying pypistats package by package.
+- Project names and URLs come from the [PyPI simple index](https://pypi.org/simple/).
+- This dataset is not affiliated with or endorsed by PyPI, the Python Software Foundation or pypistats.org.
+"""
+
+
+def _limitations() -> str:
+    return f"""
+## Limitations
+
+- **Rows are refreshed on a rolling basis.** pypistats' rate limits let a refresh fetch only part of
+  PyPI's projects per day, so it works through the stale rows over days and keeps the others as they
+  are: rows have different `updated_at`, and two rows' counts can cover different 30-day windows.
+  Compare rows with their `updated_at` in mind.
+- **Mirrors are excluded.** Downloads by mirroring tools are not in the counts; nor are installs
+  from caches, private indexes or other mirrors that never reach PyPI. A download is not a user.
+- **`empty` means no data in the last 30 days:** pypistats has no downloads for the project in its
+  last {STALE_DAYS} days (it returns 404). It does not mean the project was never downloaded.
+- **The counts lag by a day.** pypistats updates once a day (after 01:00 UTC) with the day before, so
+  `last_day` is the last full day before the fetch, not the day of `updated_at`.
+- Null counts with a null `status` are rows not fetched yet, not zero downloads.
+"""
+
+
+def _citation(repo_id: str | None, snapshot: str | None) -> str:
+    key = re.sub(r"[^A-Za-z0-9]+", "_", repo_id).strip("_").lower() if repo_id else "pypi_download_counts"
+    fields = [("title", f"{{{PRETTY_NAME}}}")]
+    if repo_id:
+        fields += [("author", f"{{{repo_id.split('/')[0]}}}"), ("howpublished", f"{{\\url{{{HUB_DATASETS_URL}{repo_id}}}}}")]
+    if snapshot:
+        # The snapshot's year, not today's: the card must not change by itself.
+        fields += [("year", f"{{{snapshot[:4]}}}"), ("note", f"{{Download counts from pypistats.org, snapshot {snapshot}}}")]
+    else:
+        fields.append(("note", "{Download counts from pypistats.org}"))
+    width = max(len(name) for name, _ in fields)
+    entry = ",\n".join(f"  {name.ljust(width)} = {value}" for name, value in fields)
+    return (
+        "## Citation\n\nIf you use this dataset, please cite it, and credit pypistats.org and PyPI's "
+        f"public download data it is built from:\n\n```bibtex\n@misc{{{key},\n{entry}\n}}\n```"
+    )
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """Any frame as a Markdown table (for previews in the Dagster UI)."""
     rows = [[markdown_cell(value) for value in row] for row in frame.itertuples(index=False)]
@@ -249,4 +335,4 @@ def _table(header: list[str], rows, align: str | None = None) -> str:
 def _utc(seconds: float) -> str:
     if seconds is None or not np.isfinite(seconds):
         return "—"
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

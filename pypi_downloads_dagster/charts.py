@@ -4,18 +4,22 @@ Rendering uses matplotlib's object-oriented API on an Agg canvas, never `pyplot`
 figure registry is not thread-safe (Dagster runs assets in threads). PNGs carry no software or
 time metadata, so the same frame always gives byte-identical files and an unchanged chart is never
 re-committed. The statistics the charts (and the dataset card) show are small functions of plain
-arrays so they can be tested directly.
+arrays so they can be tested directly. Each chart names its snapshot date, the newest `updated_at`
+in the frame (never the wall clock, which would change the bytes of an unchanged dataset).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import io
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+from PIL import Image  # Pillow is a dependency of matplotlib
 
 from .schema import COUNT_COLUMNS
 
@@ -32,6 +36,7 @@ _PERCENTILE_COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple")
 _BAR_COLORS = {"last_day": "tab:blue", "last_week": "tab:orange", "last_month": "tab:green"}
 _CURVE_POINTS = 500  # points drawn per cumulative curve; the full curve has one per package
 _NAME_WIDTH = 28  # longest package name shown under a bar before it is shortened
+THUMBNAIL_MAX_URI_BYTES = 60_000  # per data URI; Dagster stores metadata in its run database
 
 
 # --- statistics (also used by the dataset card) ------------------------------------------------
@@ -43,12 +48,16 @@ def known_counts(frame: pd.DataFrame, column: str) -> np.ndarray:
     return values[~np.isnan(values)]
 
 
-def download_percentiles(values: np.ndarray, percentiles=PERCENTILES) -> dict[int, float]:
-    """Percentiles of the positive counts, the values the log10 histogram shows; {} when none are positive."""
+def download_percentiles(values: np.ndarray, percentiles=PERCENTILES) -> dict[int, int]:
+    """Percentiles of the positive counts, the values the log10 histogram shows; {} when none are positive.
+
+    Pq is the smallest count v such that at least q% of those packages have v downloads or fewer:
+    a count some package has, never an interpolated fraction of a download.
+    """
     positive = values[values > 0]
     if positive.size == 0:
         return {}
-    return dict(zip(percentiles, np.percentile(positive, percentiles).tolist()))
+    return {q: int(v) for q, v in zip(percentiles, np.percentile(positive, percentiles, method="inverted_cdf"))}
 
 
 def cumulative_share(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +96,14 @@ def period_stats(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
     return stats
 
 
+def snapshot_date(frame: pd.DataFrame) -> str | None:
+    """The UTC date (YYYY-MM-DD) of the newest `updated_at` in `frame`; None when no row was fetched."""
+    updated = frame["updated_at"].to_numpy(dtype="float64", na_value=np.nan)
+    if np.isnan(updated).all():
+        return None
+    return dt.datetime.fromtimestamp(float(np.nanmax(updated)), dt.UTC).strftime("%Y-%m-%d")
+
+
 def top_packages(frame: pd.DataFrame, n: int = TOP_N, by: str = "last_month") -> pd.DataFrame:
     """The `n` rows with the most `by` downloads (rows without a count excluded), most first, ties by name."""
     values = frame[by].to_numpy(dtype="float64", na_value=np.nan)
@@ -122,7 +139,7 @@ def _distribution_figure(frame: pd.DataFrame) -> Figure:
         values = known_counts(frame, column)
         _histogram(hist_ax, values, PERIOD_LABELS[column])
         _share_curve(share_ax, values, stats[column], PERIOD_LABELS[column])
-    fig.suptitle(f"PyPI downloads per package ({len(frame):,} packages in the dataset)", fontsize=16)
+    fig.suptitle(f"PyPI downloads per package ({len(frame):,} packages in the dataset), {_snapshot_label(frame)}", fontsize=16)
     return fig
 
 
@@ -133,11 +150,12 @@ def _histogram(ax, values: np.ndarray, label: str) -> None:
         return _no_data(ax, title)
     ax.hist(np.log10(positive), bins=HISTOGRAM_BINS, color="tab:blue", alpha=0.75)
     for (q, value), color in zip(download_percentiles(values).items(), _PERCENTILE_COLORS):
-        ax.axvline(np.log10(value), color=color, linestyle="--", linewidth=1.5, label=f"P{q}: {_exact(value)}")
+        ax.axvline(np.log10(value), color=color, linestyle="--", linewidth=1.5, label=f"P{q}: {value:,}")
     ax.legend(loc="upper right", fontsize=9)
-    # The axis is log10(downloads); label its ticks with the downloads themselves.
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _short(10**x)))
+    # The axis is log10(downloads); tick it at whole download counts and label them with the counts.
+    ax.xaxis.set_major_locator(FixedLocator(np.log10(_log_ticks(positive.min(), positive.max()))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _count_tick(10**x)))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # packages come in whole numbers
     ax.set(title=title, xlabel="downloads (log scale)", ylabel="packages")
     ax.grid(alpha=0.3)
 
@@ -151,6 +169,10 @@ def _share_curve(ax, values: np.ndarray, stats: dict[str, float], label: str) ->
     index = np.unique(np.geomspace(1, k.size, _CURVE_POINTS).round().astype(np.int64)) - 1
     ax.plot(k[index], share[index] * 100, color="tab:blue", linewidth=2)
     ax.set_xscale("log")
+    # k starts at 1 package; at least a decade wide so a handful of packages still gets labelled ticks.
+    ax.set_xlim(1, max(k.size, 10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _count_tick(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 102)
     for fraction, color in ((0.5, "tab:orange"), (0.9, "tab:red")):
         top = packages_holding(share, fraction)
@@ -169,7 +191,7 @@ def _top_packages_figure(frame: pd.DataFrame) -> Figure:
     fig = Figure(figsize=TOP_PACKAGES_SIZE, dpi=DPI, layout="constrained")
     ax = fig.subplots()
     top = top_packages(frame)
-    title = f"Top {TOP_N} packages by downloads in the last month"
+    title = f"Top {TOP_N} packages by downloads in the last month, {_snapshot_label(frame)}"
     if top.empty:
         _no_data(ax, title)
         return fig
@@ -185,13 +207,19 @@ def _top_packages_figure(frame: pd.DataFrame) -> Figure:
     if not np.isnan(heights).all():
         # Start a decade below the smallest bar (so a bar of 1 is visible) and leave room above the largest.
         ax.set_ylim(10 ** np.floor(np.log10(np.nanmin(heights) / 2)), np.nanmax(heights) * 2)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: _short(y)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: _count_tick(y)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     names = [name if len(name) <= _NAME_WIDTH else name[: _NAME_WIDTH - 1] + "…" for name in top["name"]]
     ax.set_xticks(x, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=10)
     ax.set(title=title, ylabel="downloads (log scale)")
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3, which="major")
     return fig
+
+
+def _snapshot_label(frame: pd.DataFrame) -> str:
+    date = snapshot_date(frame)
+    return f"snapshot {date} (UTC)" if date else "no rows fetched yet"
 
 
 def _no_data(ax, title: str) -> None:
@@ -216,9 +244,69 @@ def _exact(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
+def _log_ticks(low: float, high: float) -> list[int]:
+    """Whole counts to tick a log axis spanning `low`..`high` (>= 1): the decades, or 1-2-5 steps when
+    the span is two decades or less (MaxNLocator would fall back to fractional positions there)."""
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    steps = (1,) if len(decades) > 3 else (1, 2, 5)
+    ticks = [step * 10**d for d in decades for step in steps]
+    inside = [t for t in ticks if low <= t <= high]
+    # Keep the neighbours just outside the data so the ends of the axis are labelled too.
+    below = [t for t in ticks if t < low][-1:]
+    above = [t for t in ticks if t > high][:1]
+    return below + inside + above
+
+
+def _count_tick(value: float) -> str:
+    """A tick label on a count axis: whole counts only; the decade below 1 (room for a bar of 1) stays blank."""
+    whole = round(value)
+    if whole < 0 or (value < 1 and value != 0) or abs(value - whole) > 1e-6 * max(1.0, abs(value)):
+        return ""
+    return _short(whole)
+
+
 def _short(value: float) -> str:
     """Compact tick label: 1, 10, 100, 1K, 10K, 1M, 1B."""
     for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= limit:
             return f"{value / limit:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+# --- thumbnails for the Dagster UI -----------------------------------------------------------------
+
+
+def chart_thumbnails_markdown(images: dict[str, bytes], max_width: int = 480, *, max_uri_bytes: int = THUMBNAIL_MAX_URI_BYTES) -> str:
+    """Markdown showing each chart as a small inline PNG (`data:image/png;base64,...`), titled by file name.
+
+    The Dagster UI has no image metadata type but renders Markdown images; a full-size chart would
+    put hundreds of kB into every materialization, so each is scaled to at most `max_width` pixels
+    (narrower if needed) so that its data URI stays under `max_uri_bytes`. Deterministic.
+    """
+    parts = []
+    for name, data in images.items():
+        uri = _thumbnail_uri(data, max_width, max_uri_bytes)
+        parts.append(f"**{name}**\n\n![{name}]({uri})")
+    return "\n\n".join(parts)
+
+
+def _thumbnail_png(data: bytes, width: int) -> bytes:
+    """`data` (a PNG) scaled down to at most `width` pixels wide, in a 256-colour palette (charts are flat colours)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+    if image.width > width:
+        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
+    # No dithering: it adds noise that compresses badly and changes nothing a reader can see at this size.
+    image = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _thumbnail_uri(data: bytes, max_width: int, max_uri_bytes: int) -> str:
+    width = max_width
+    while True:
+        uri = "data:image/png;base64," + base64.b64encode(_thumbnail_png(data, width)).decode("ascii")
+        if len(uri) <= max_uri_bytes or width <= 64:
+            return uri
+        width = int(width * 0.8)  # a busier chart than usual: shrink until it fits

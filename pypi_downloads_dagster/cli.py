@@ -69,7 +69,12 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     from pypi_downloads_dagster.definitions import defs
 
     started = time.monotonic()
-    plan_config = {"stale_after_days": stale_after_days, "chunk_size": chunk_size, "max_packages": max_packages}
+    plan_config = {
+        "stale_after_days": stale_after_days,
+        "chunk_size": chunk_size,
+        "max_packages": max_packages,
+        "max_row_loss_share": max_row_loss_share,
+    }
     plan = defs.resolve_job_def("plan_refresh").execute_in_process(
         instance=instance,
         run_config={**QUIET_LOGS, "ops": {"stale_packages": {"config": plan_config}}},
@@ -107,7 +112,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
 
     publish = defs.resolve_job_def("publish_dataset").execute_in_process(
         instance=instance,
-        run_config={**QUIET_LOGS, "ops": {"hf_dataset_card": {"config": {"max_row_loss_share": max_row_loss_share}}}},
+        run_config={**QUIET_LOGS, "ops": {"publish": {"config": {"max_row_loss_share": max_row_loss_share}}}},
         tags={PLAN_TAG: plan_id, PUBLISH_TAG: FINAL},
         raise_on_error=False,
     )
@@ -135,13 +140,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     sync_parser.add_argument("--chunk-size", type=int, default=1000, help="packages per chunk (default 1000)")
     sync_parser.add_argument("--stale-after-days", type=float, default=30, help="refetch rows older than this (default 30)")
     sync_parser.add_argument(
-        "--max-row-loss-share", type=float, default=0.05, help="refuse to publish a dataset losing more than this share of rows"
+        "--max-row-loss-share", type=float, default=0.05, help="fail the plan when the index, and refuse the publish when the dataset, has fewer rows than the published one by more than this share (0-1, default 0.05)"
     )
     args = parser.parse_args(argv)
     if args.chunk_size < 1:
         parser.error("--chunk-size must be at least 1")
     if args.max_packages is not None and args.max_packages < 0:
         parser.error("--max-packages must be 0 or more")
+    if not 0 <= args.max_row_loss_share <= 1:  # also refuses nan
+        parser.error("--max-row-loss-share must be a share between 0 and 1")
+    if not 0 < args.stale_after_days < float("inf"):
+        parser.error("--stale-after-days must be a positive number of days")
     return sync(
         max_packages=args.max_packages,
         chunk_size=args.chunk_size,

@@ -86,3 +86,17 @@ def next_actions(
         f"launching {len(launches)}; publish: {decision or ('done' if publish.final_succeeded else 'in progress' if publish.in_progress else 'not yet')}"
     )
     return CycleActions(launches, decision, given_up, summary)
+
+
+def describe_refresh(kind: Optional[str], *, planned: int, done: int, fully_answered: int) -> str:
+    """One sentence for the card on the refresh this version comes from. "Complete" only when every
+    planned chunk ran and every package in it was answered. Only states, no ids or times, so
+    publishing the same data again gives the same card."""
+    if kind == CHECKPOINT or done < planned and kind != FINAL:
+        return f"in progress; this version is a checkpoint with {done} of {planned} planned chunks fetched."
+    if fully_answered < planned:
+        return (
+            f"finished with gaps; {planned - fully_answered} of {planned} planned chunks were not fetched or had "
+            "packages that failed; those packages keep their earlier counts and are retried in the next refresh."
+        )
+    return "complete; every stale project planned for this refresh was answered."

@@ -6,27 +6,49 @@ This store, not Dagster's partition keys, is where fetched counts live between a
 publish: merging reads every file in it, planning treats its rows as fetched, and a file is only
 deleted once a publish has covered it. So an interrupted cycle, a failed publish or a new plan that
 replaces the partition keys loses nothing.
+
+No bad line or value wedges the store: a journal line or a file row that cannot be a fetch (not
+JSON, counts outside int64, unknown status, a fetch time before pypistats or in the future) is set
+aside in `<key>.rejected.jsonl` with a warning, and the rest of the chunk reads normally.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
+import logging
+import math
 import os
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pypi_downloads_dagster.dataset import newest_fetches, with_normalized
-from pypi_downloads_dagster.schema import COUNT_COLUMNS
+from pypi_downloads_dagster.schema import (
+    COUNT_COLUMNS,
+    EARLIEST_UPDATED_AT,
+    MAX_CLOCK_SKEW_SECONDS,
+    MAX_COUNT,
+    STATUS_EMPTY,
+    STATUS_VALID,
+    STATUSES,
+)
+
+logger = logging.getLogger("pypi_downloads_dagster.fetch_store")
 
 JOURNAL = ".journal.jsonl"
+#: Lines and rows set aside because they cannot be a fetch: kept for a person, never read as data.
+REJECTED = ".rejected.jsonl"
 
 FETCHED_SCHEMA = pa.schema(
     [
@@ -38,11 +60,48 @@ FETCHED_SCHEMA = pa.schema(
 )
 
 
-class FetchStore:
-    """Chunk results under `root`, named by partition key."""
+class InvalidFetchRow(ValueError):
+    """A fetch the store refuses to record (see `row_problem`); the message names the reason."""
 
-    def __init__(self, root: str | os.PathLike):
+
+def row_problem(row: dict, now: float) -> Optional[str]:
+    """Why `row` (FETCHED_SCHEMA names; None for a null) cannot be a stored fetch, or None if it can.
+
+    A row needs a normalized name, status 'valid' with three integer counts in [0, MAX_COUNT] or
+    'empty' with none, and a finite `updated_at` in [EARLIEST_UPDATED_AT, now + MAX_CLOCK_SKEW_SECONDS].
+    """
+    name = row.get("normalized")
+    if not isinstance(name, str) or not name:
+        return f"normalized name missing ({name!r})"
+    status = row.get("status")
+    if not isinstance(status, str) or status not in STATUSES:
+        return f"{name}: status {status!r} is not one of {list(STATUSES)}"
+    counts = {column: row.get(column) for column in COUNT_COLUMNS}
+    if status == STATUS_VALID:
+        for column, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                return f"{name}: {column} {value!r} is not an integer in [0, {MAX_COUNT}]"
+    elif any(not _missing(value) for value in counts.values()):
+        return f"{name}: an {STATUS_EMPTY!r} row has counts {list(counts.values())!r}"
+    updated_at = row.get("updated_at")
+    if isinstance(updated_at, bool) or not isinstance(updated_at, (int, float)) or not math.isfinite(updated_at):
+        return f"{name}: updated_at {updated_at!r} is not a finite number"
+    if not EARLIEST_UPDATED_AT <= updated_at <= now + MAX_CLOCK_SKEW_SECONDS:
+        return f"{name}: updated_at {updated_at!r} is outside [{EARLIEST_UPDATED_AT:.0f}, now + {MAX_CLOCK_SKEW_SECONDS:.0f} s]"
+    return None
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+class FetchStore:
+    """Chunk results under `root`, named by partition key. `clock` gives "now" for the bound on
+    fetch times (tests pass their own)."""
+
+    def __init__(self, root: str | os.PathLike, *, clock: Callable[[], float] = time.time):
         self.root = Path(root)
+        self._clock = clock
 
     def _path(self, key: str, suffix: str = ".parquet") -> Path:
         if not key or "/" in key or key.startswith("."):
@@ -52,13 +111,22 @@ class FetchStore:
     @contextlib.contextmanager
     def journal(self, key: str):
         """A `record(RecentCounts)` callable appending each answer to the chunk's journal at once.
-        `write` folds the journal into the chunk's file; after a crash, `read` still sees it."""
+        `write` folds the journal into the chunk's file; after a crash, `read` still sees it.
+        `record` raises InvalidFetchRow (and writes nothing) for a fetch that cannot be stored."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock = threading.Lock()
-        with open(self._path(key, JOURNAL), "a", encoding="utf-8") as handle:
+        path = self._path(key, JOURNAL)
+        with open(path, "a", encoding="utf-8") as handle:
+            if _ends_cut_off(path):
+                # A killed run's cut-off last line: end it, so the next answer starts its own line.
+                handle.write("\n")
 
             def record(counts) -> None:
-                line = json.dumps(dataclasses.asdict(counts))
+                row = dataclasses.asdict(counts)
+                problem = row_problem(row, self._clock())
+                if problem:
+                    raise InvalidFetchRow(f"chunk {key}: not recorded: {problem}")
+                line = json.dumps(row)
                 with lock:
                     handle.write(line + "\n")
                     handle.flush()
@@ -68,11 +136,16 @@ class FetchStore:
     def write(self, key: str, fetched: pd.DataFrame) -> Path:
         """Store one chunk's fetched rows (pypistats.FETCHED_COLUMNS). A re-run of a chunk that is
         still stored adds to it (newest fetch per project), so rows an earlier run got are kept
-        even where the re-run failed."""
+        even where the re-run failed. Rows that cannot be a fetch (`row_problem`) are set aside
+        in `<key>.rejected.jsonl` with a warning, not written."""
         self.root.mkdir(parents=True, exist_ok=True)
         target = self._path(key)
+        fetched, rejected = _split_frame(fetched, self._clock(), "write")
+        self._set_aside(key, rejected)
         if target.exists() or self._path(key, JOURNAL).exists():
             fetched = newest_fetches([self.read(key), fetched])
+            if not len(fetched):  # newest_fetches of nothing has no columns
+                fetched = _typed(pd.DataFrame(columns=FETCHED_SCHEMA.names))
         table = pa.Table.from_pandas(fetched[FETCHED_SCHEMA.names], schema=FETCHED_SCHEMA, preserve_index=False)
         # Write then rename: a crash mid-write never leaves a half file that a merge would read.
         with tempfile.NamedTemporaryFile(dir=self.root, prefix=".tmp-", suffix=".parquet", delete=False) as handle:
@@ -87,16 +160,30 @@ class FetchStore:
         names = set()
         for suffix in (".parquet", JOURNAL):
             names.update(path.name[: -len(suffix)] for path in self.root.glob(f"*{suffix}"))
-        return sorted(name for name in names if not name.startswith(".") and not name.endswith(".journal"))
+        # `<key>.rejected.jsonl` matches neither pattern; the name check also keeps such files out.
+        return sorted(name for name in names if not name.startswith(".") and not name.endswith((".journal", ".rejected")))
 
     def read(self, key: str) -> pd.DataFrame:
-        """The chunk's fetched rows: its file plus any journal a run left (newest fetch per project)."""
-        parts = []
+        """The chunk's fetched rows: its file plus any journal a run left (newest fetch per project).
+
+        Journal lines and file rows that cannot be a fetch (not JSON, except a cut-off last line;
+        values failing `row_problem`) are left out, appended to `<key>.rejected.jsonl` and named in
+        a warning on the `pypi_downloads_dagster.fetch_store` logger; the rest reads normally.
+        """
+        now = self._clock()
+        parts, rejected = [], []
         if self._path(key).exists():
-            parts.append(pq.read_table(self._path(key)).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get))
+            stored = pq.read_table(self._path(key)).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+            stored, bad = _split_frame(stored, now, "file")
+            parts.append(stored)
+            rejected += bad
         if self._path(key, JOURNAL).exists():
-            parts.append(_read_journal(self._path(key, JOURNAL)))
-        frame = newest_fetches(parts) if len(parts) > 1 else (parts[0] if parts else _read_journal(None))
+            journaled, bad = _read_journal(self._path(key, JOURNAL), now)
+            parts.append(journaled)
+            rejected += bad
+        self._set_aside(key, rejected)
+        parts = [part for part in parts if len(part)]  # newest_fetches of nothing has no columns
+        frame = newest_fetches(parts) if len(parts) > 1 else (parts[0] if parts else _typed(pd.DataFrame(columns=FETCHED_SCHEMA.names)))
         frame = frame.reset_index(drop=True)
         frame["status"] = frame["status"].astype(object)
         frame["normalized"] = frame["normalized"].astype(object)
@@ -129,20 +216,122 @@ class FetchStore:
         removable = pd.Series(covered & (updated_at < keep_fetched_since)).groupby(rows["chunk"].to_numpy()).all()
         removed = [key for key in keys if removable.get(key, False)]
         for key in removed:
+            # The rejected file (if any) stays: it is for a person to inspect, never read as data.
             self._path(key).unlink(missing_ok=True)
             self._path(key, JOURNAL).unlink(missing_ok=True)
         return removed
 
+    def _set_aside(self, key: str, rejected: list[dict]) -> None:
+        """Append `rejected` ({source, reason, line}) to `<key>.rejected.jsonl` and warn.
+        Every read finds the same bad lines again: a record already in the file is not repeated."""
+        if not rejected:
+            return
+        path = self._path(key, REJECTED)
+        records = [json.dumps({"chunk": key, **item}, sort_keys=True) for item in rejected]
+        with open(path, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # readers in other processes set aside the same lines
+            handle.seek(0)
+            known = set(handle.read().splitlines())
+            new = [record for record in dict.fromkeys(records) if record not in known]
+            if new:
+                handle.write("".join(record + "\n" for record in new))
+        logger.warning(
+            "chunk %s: set aside %d line(s) that cannot be a fetch in %s (first: %s)",
+            key, len(rejected), path.name, rejected[0]["reason"],
+        )
 
-def _read_journal(path: Optional[Path]) -> pd.DataFrame:
-    rows = []
-    if path is not None:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # the last line of a killed run may be cut short
+
+def _ends_cut_off(path: Path) -> bool:
+    """Whether the file's last line has no newline (a run was killed while writing it)."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
+
+
+def _read_journal(path: Path, now: float) -> tuple[pd.DataFrame, list[dict]]:
+    """The journal's fetches, and the lines set aside ({source, reason, line})."""
+    rows, rejected = [], []
+    lines = path.read_bytes().split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        cut_off = number == len(lines)  # no newline after it: a killed run's (or a writer's) last line
+        try:
+            text = raw.decode("utf-8")
+            row = json.loads(text)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+            if cut_off:
                 continue
-    frame = pd.DataFrame(rows, columns=FETCHED_SCHEMA.names)
+            rejected.append({"source": f"journal line {number}", "reason": f"not valid JSON ({exc})", "line": raw.decode("utf-8", "backslashreplace")})
+            continue
+        problem = row_problem(row, now) if isinstance(row, dict) else f"not a JSON object ({type(row).__name__})"
+        if problem:
+            rejected.append({"source": f"journal line {number}", "reason": problem, "line": text})
+        else:
+            rows.append(row)
+    # Column by column: a frame built from the rows would pass counts with a null through float64,
+    # which rounds counts above 2**53.
+    columns = {column: [row.get(column) for row in rows] for column in FETCHED_SCHEMA.names}
+    for column in COUNT_COLUMNS:
+        columns[column] = pd.array(columns[column], dtype="Int64")
+    return _typed(pd.DataFrame(columns)), rejected
+
+
+def _split_frame(frame: pd.DataFrame, now: float, source: str) -> tuple[pd.DataFrame, list[dict]]:
+    """`frame` (FETCHED_SCHEMA columns) without the rows `row_problem` refuses, and those rows
+    set aside ({source, reason, line}). A vectorised pass finds the suspects; only they are checked
+    one by one (a full store is ~900k rows)."""
+    if not len(frame):
+        return frame, []
+    missing_columns = [column for column in FETCHED_SCHEMA.names if column not in frame.columns]
+    if missing_columns:
+        frame = frame.assign(**{column: None for column in missing_columns})
+    keep = _plainly_good(frame, now)
+    if keep.all():
+        return frame, []
+    rejected = []
+    for position in np.flatnonzero(~keep):
+        row = {column: _plain(frame[column].iat[position]) for column in FETCHED_SCHEMA.names}
+        problem = row_problem(row, now)
+        if problem:
+            rejected.append({"source": f"{source} row {position}", "reason": problem, "line": json.dumps(row, default=str)})
+        else:
+            keep[position] = True
+    return _typed(frame.iloc[keep].reset_index(drop=True)), rejected
+
+
+def _plainly_good(frame: pd.DataFrame, now: float) -> np.ndarray:
+    """Rows that surely pass `row_problem`; a False only means "check this row one by one".
+    Plain numpy: pandas' per-operation overhead would triple the time to read a full store."""
+    rows = len(frame)
+    if any(str(frame[column].dtype) not in ("Int64", "int64") for column in COUNT_COLUMNS) or str(frame["updated_at"].dtype) != "float64":
+        return np.zeros(rows, dtype=bool)  # unusual types: let row_problem judge every row
+    present = np.column_stack([frame[column].notna().to_numpy() for column in COUNT_COLUMNS])
+    non_negative = np.column_stack([frame[column].to_numpy(dtype=np.int64, na_value=0) >= 0 for column in COUNT_COLUMNS])
+    status = frame["status"]
+    valid = status.eq(STATUS_VALID).to_numpy(dtype=bool, na_value=False) & present.all(axis=1) & non_negative.all(axis=1)
+    empty = status.eq(STATUS_EMPTY).to_numpy(dtype=bool, na_value=False) & ~present.any(axis=1)
+    updated_at = frame["updated_at"].to_numpy()
+    timely = (updated_at >= EARLIEST_UPDATED_AT) & (updated_at <= now + MAX_CLOCK_SKEW_SECONDS)
+    names = frame["normalized"]
+    if isinstance(names.dtype, pd.StringDtype):  # every non-null value is a str
+        named = names.str.len().to_numpy(dtype="float64", na_value=0) > 0
+    else:
+        named = np.fromiter((isinstance(name, str) and name != "" for name in names.to_numpy(dtype=object)), bool, rows)
+    return named & (valid | empty) & timely
+
+
+def _plain(value):
+    """A frame cell as the Python value a journal line would hold (None for any null)."""
+    if _missing(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame[list(FETCHED_SCHEMA.names)].copy()
     for column in COUNT_COLUMNS:
         frame[column] = frame[column].astype("Int64")
     frame["updated_at"] = frame["updated_at"].astype("float64")

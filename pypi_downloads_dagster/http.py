@@ -5,8 +5,9 @@
 - *Pacing* spaces requests on each egress evenly, a little below the server's limits, so a client
   never bursts past them (pypistats: 5/s and 30/min per IP; a 429 carries no Retry-After). The
   schedule can live in a file that every process on the machine shares (concurrent chunk runs).
-- *Retries* (tenacity) cover 429, 5xx, connection errors, timeouts and bodies cut short; each
-  attempt may leave through another egress. Other statuses go back to the caller to interpret.
+- *Retries* (tenacity) cover 429, 5xx, connection errors, timeouts, bodies cut short and answers
+  the caller's `validate` rejects (`BadAnswer`: a portal's or proxy's page); each retry leaves
+  through another egress when there is one. Other statuses go back to the caller to interpret.
 - Proxy credentials never appear in labels, logs or errors: egresses are named by host and port.
 """
 
@@ -51,11 +52,25 @@ class HttpError(RuntimeError):
         self.status = status
 
 
+class BadAnswer(Exception):
+    """Raise from a `validate` callable (or a subclass of it) when an answer is not what the server
+    sends: a captive portal's or proxy's page, a 200 that is not the API's document. The attempt is
+    retried like a 5xx, through another egress. The message says what was wrong (safe to log)."""
+
+
 class _RetryableResponse(Exception):
     def __init__(self, response: requests.Response, egress: "Egress"):
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
         self.egress = egress
+
+
+class _RejectedResponse(_RetryableResponse):
+    """An answer `validate` refused (`reason` is the BadAnswer's message)."""
+
+    def __init__(self, response: requests.Response, egress: "Egress", reason: str):
+        super().__init__(response, egress)
+        self.reason = reason
 
 
 def redact_url(url: str) -> str:
@@ -237,10 +252,23 @@ class HttpClient:
             sessions[egress] = session
         return session
 
-    def get(self, url: str, *, headers: Optional[dict] = None) -> requests.Response:
+    def get(
+        self,
+        url: str,
+        *,
+        headers: Optional[dict] = None,
+        validate: Optional[Callable[[requests.Response], None]] = None,
+    ) -> requests.Response:
         """GET `url`, retrying retryable failures; returns the final response for any other status.
 
-        Raises `HttpError` when every attempt failed; its message is safe to log.
+        `validate(response)` is called on every answer that is not retried for its status (any
+        status, 200 included); when it raises `BadAnswer` (or a subclass), that attempt counts as
+        failed and is retried through another egress, with backoff. Any other exception from it
+        propagates at once.
+
+        Raises `HttpError` when every attempt failed; its message is safe to log. After a last
+        answer `validate` refused, the message holds the BadAnswer's text and the egress, and
+        `status` is that answer's status (the BadAnswer is the `__cause__`).
         """
         state = {"avoid": None, "egress": None}
 
@@ -261,6 +289,12 @@ class HttpClient:
                 if response.status_code == 429:
                     self._slots.cool_down(egress, self.retry.rate_limited_wait)
                 raise _RetryableResponse(response, egress)
+            if validate is not None:
+                try:
+                    validate(response)
+                except BadAnswer as exc:
+                    state["avoid"] = egress  # most likely that egress's page, not the server's answer
+                    raise _RejectedResponse(response, egress, str(exc)) from exc
             return response
 
         retrying = tenacity.Retrying(
@@ -272,6 +306,13 @@ class HttpClient:
         )
         try:
             return retrying(attempt)
+        except _RejectedResponse as exc:
+            raise HttpError(
+                f"GET {redact_url(url)} failed after {self.retry.attempts} attempts: last answer "
+                f"HTTP {exc.response.status_code} via {exc.egress.label} was rejected: "
+                f"{_USERINFO.sub('***@', exc.reason)[:300]}",
+                status=exc.response.status_code,
+            ) from exc.__cause__
         except _RetryableResponse as exc:
             raise HttpError(
                 f"GET {redact_url(url)} failed after {self.retry.attempts} attempts: last answer "

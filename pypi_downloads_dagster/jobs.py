@@ -20,7 +20,8 @@ fetch_chunk_job = dg.define_asset_job(
 
 publish_job = dg.define_asset_job(
     "publish_dataset",
-    selection=["existing_dataset", "merged_dataset", "charts", "hf_dataset_card"],
+    # Not existing_dataset: the publish reads the repo head itself, so it commits on exactly what it merged.
+    selection=["merged_dataset", "charts", "hf_dataset_card"],
     description="Merge every fetched chunk into the published dataset and publish dataset, card and charts in one commit.",
 )
 

@@ -9,7 +9,7 @@ import re
 import pandas as pd
 
 from pypi_downloads_dagster.http import HttpClient, HttpError, redact_url
-from pypi_downloads_dagster.schema import normalize_name, normalize_names
+from pypi_downloads_dagster.schema import PUBLIC_INDEX_URL, normalize_name, normalize_names
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPES = ("text/html", "application/vnd.pypi.simple.v1+html")
@@ -58,7 +58,7 @@ def fetch_index(client: HttpClient, index_url: str, *, min_projects: int = 1) ->
         names, last_serial, fmt = parse_index_html(response.content, where), None, "html"
     else:
         raise IndexFormatError(f"{where} answered Content-Type {content_type or 'none'!r}, which is not a simple index")
-    index = build_project_index(names, index_url, fmt=fmt, source=where, last_serial=last_serial)
+    index = build_project_index(names, fmt=fmt, source=where, last_serial=last_serial)
     if len(index.projects) < min_projects:
         raise IndexFormatError(
             f"{where} lists {len(index.projects)} valid projects, fewer than the {min_projects} required: "
@@ -125,7 +125,7 @@ def is_valid_name(name: str) -> bool:
     return bool(_VALID_NAME.match(name))
 
 
-def build_project_index(names: list[str], index_url: str, *, fmt: str, source: str = "index", last_serial=None) -> ProjectIndex:
+def build_project_index(names: list[str], *, fmt: str, source: str = "index", last_serial=None) -> ProjectIndex:
     """Validate names, drop invalid and repeated ones, and add normalized name and project URL."""
     frame = pd.DataFrame({"name": pd.Series(names, dtype=object)})
     valid = frame["name"].str.match(_VALID_NAME).fillna(False).astype(bool)
@@ -139,8 +139,8 @@ def build_project_index(names: list[str], index_url: str, *, fmt: str, source: s
     frame["normalized"] = normalize_names(frame["name"])
     before = len(frame)
     frame = frame.drop_duplicates("normalized", keep="first")
-    base = index_url if index_url.endswith("/") else index_url + "/"
-    frame["url"] = base + frame["normalized"] + "/"
+    # The public project URL, never the configured index URL (a mirror's, or one with credentials).
+    frame["url"] = PUBLIC_INDEX_URL + frame["normalized"] + "/"
     frame = frame.sort_values("normalized", kind="stable").reset_index(drop=True)
     return ProjectIndex(frame[["name", "normalized", "url"]], invalid_names, before - len(frame), fmt, last_serial)
 

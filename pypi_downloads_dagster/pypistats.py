@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,9 +13,10 @@ from typing import Optional
 from urllib.parse import quote
 
 import pandas as pd
+import requests
 
-from pypi_downloads_dagster.http import HttpClient, HttpError
-from pypi_downloads_dagster.schema import COUNT_COLUMNS, STATUS_EMPTY, STATUS_VALID, normalize_name
+from pypi_downloads_dagster.http import BadAnswer, HttpClient, HttpError
+from pypi_downloads_dagster.schema import COUNT_COLUMNS, EARLIEST_UPDATED_AT, MAX_COUNT, STATUS_EMPTY, STATUS_VALID, normalize_name
 
 DEFAULT_API_URL = "https://pypistats.org/api"
 
@@ -38,8 +40,22 @@ def daily_capacity(pacing_interval: float, egresses: int) -> int:
 FETCHED_COLUMNS = ("normalized", "last_day", "last_week", "last_month", "status", "updated_at")
 
 
-class UnexpectedAnswer(ValueError):
-    """pypistats answered 200 with a body that is not a recent-downloads document."""
+#: pypistats' whole answer for a package it does not know (status 404, plain text).
+UNKNOWN_PACKAGE_BODY = b"404"
+
+
+class UnexpectedAnswer(BadAnswer, ValueError):
+    """pypistats answered 200 with a body that is not a recent-downloads document (a BadAnswer: the
+    HTTP client retries it through another egress)."""
+
+
+class WrongStatsEndpoint(RuntimeError):
+    """The stats API does not know a project the published dataset has counts for: the API URL or
+    the route through the proxies is wrong, so every answer of this run would be wrong."""
+
+
+class BrokenClock(RuntimeError):
+    """The machine's clock reads a time before pypistats existed: fetch times would be wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,22 +100,73 @@ def parse_recent(body: bytes, normalized: str) -> tuple[int, int, int]:
         raise UnexpectedAnswer(f"{normalized}: 200 answer is not a recent-downloads document: {body[:80]!r}") from exc
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise UnexpectedAnswer(f"{normalized}: counts are not non-negative integers: {counts!r}")
+    # The dataset stores int64: a larger count would wedge every later read of the fetch store.
+    if any(c > MAX_COUNT for c in counts):
+        raise UnexpectedAnswer(f"{normalized}: counts exceed the int64 maximum {MAX_COUNT}: {counts!r}")
     return counts  # type: ignore[return-value]
 
 
+def is_unknown_package(response: requests.Response) -> bool:
+    """Whether `response` is pypistats' own "unknown package" answer: 404 with the bare body `404`
+    (a proxy's, CDN's or other route's 404 page is not)."""
+    return response.status_code == 404 and response.content.strip() == UNKNOWN_PACKAGE_BODY
+
+
+def check_fetch_time(fetched_at: float, normalized: str) -> None:
+    """Raise BrokenClock when `fetched_at` cannot be a real fetch time (before pypistats existed)."""
+    if not (math.isfinite(fetched_at) and fetched_at >= EARLIEST_UPDATED_AT):
+        raise BrokenClock(
+            f"the clock reads {fetched_at!r}, before pypistats existed (Unix {EARLIEST_UPDATED_AT:.0f}, "
+            f"2018-01-01 UTC): refusing to record {normalized}; fix the system clock"
+        )
+
+
 def fetch_recent(client: HttpClient, api_url: str, name: str, *, clock: Callable[[], float] = time.time) -> RecentCounts:
-    """Counts for one project (asked for, and recorded, by normalized name). 404 means pypistats
-    has no data (`'empty'`); anything else that is not a good 200 raises (HttpError after the
-    client's retries, or UnexpectedAnswer)."""
+    """Counts for one project (asked for, and recorded, by normalized name). Only pypistats' own
+    unknown-package answer (404, body `404`) means it has no data (`'empty'`). A 200 that is not
+    the API's document, or any other 404 (a proxy's or CDN's page), is retried through another
+    egress; anything that is still not a good answer raises HttpError (after the client's
+    retries), so the project's row stays as it was. Raises BrokenClock when `clock` reads a time
+    before pypistats existed."""
     normalized = normalize_name(name)
-    response = client.get(recent_url(api_url, name), headers={"Accept": "application/json"})
+
+    def validate(response: requests.Response) -> None:
+        if response.status_code == 200:
+            parse_recent(response.content, normalized)
+        elif response.status_code == 404 and not is_unknown_package(response):
+            raise BadAnswer(
+                f"{normalized}: HTTP 404 that is not pypistats' unknown-package answer "
+                f"(body {response.content[:80]!r}): a proxy's or CDN's page, or the API's route changed"
+            )
+
+    response = client.get(recent_url(api_url, name), headers={"Accept": "application/json"}, validate=validate)
     fetched_at = clock()
+    check_fetch_time(fetched_at, normalized)
     if response.status_code == 404:
         return RecentCounts(normalized, None, None, None, STATUS_EMPTY, fetched_at)
     if response.status_code != 200:
         raise HttpError(f"{normalized}: pypistats answered HTTP {response.status_code}", status=response.status_code)
     day, week, month = parse_recent(response.content, normalized)
     return RecentCounts(normalized, day, week, month, STATUS_VALID, fetched_at)
+
+
+def check_canary(client: HttpClient, api_url: str, name: str, *, clock: Callable[[], float] = time.time) -> RecentCounts:
+    """Ask for `name`, a project the published dataset knows to have counts, and return its counts.
+
+    Call it before a chunk: if the stats API answers 404 for it (or has no data for it), the API URL
+    or a proxy's route is wrong and every 'empty' of the run would be false, so this raises
+    WrongStatsEndpoint instead. Other failures (HttpError, BrokenClock) propagate as usual.
+    """
+    message = f"the stats API does not know {name}: check PYPISTATS_API_URL and the proxies"
+    try:
+        counts = fetch_recent(client, api_url, name, clock=clock)
+    except HttpError as exc:
+        if exc.status == 404:
+            raise WrongStatsEndpoint(message) from exc
+        raise
+    if counts.status == STATUS_EMPTY:
+        raise WrongStatsEndpoint(message)
+    return counts
 
 
 def fetch_many(
@@ -116,9 +183,12 @@ def fetch_many(
 
     `workers` defaults to two per egress, enough to keep every egress busy while a request is in
     flight. `on_result(counts)` is called with each answer as it arrives (to journal it) and
-    `on_progress(done, total, failed)` after each project. Every exception of a worker is recorded
-    against its project; none is dropped.
+    `on_progress(done, total, failed)` after each project. Every exception of a worker, or of
+    `on_result` (an answer it refused is not in `fetched`), is recorded against its project; none
+    is dropped. Raises BrokenClock before any request when `clock` reads a time before pypistats
+    existed.
     """
+    check_fetch_time(clock(), "any project")  # a broken clock would only spend the rate limit
     workers = workers or max(1, 2 * len(client.egresses))
     results: list[RecentCounts] = []
     failed: dict[str, str] = {}
@@ -135,10 +205,13 @@ def fetch_many(
         except Exception as exc:  # a bug must be seen, not lost: record it with its type
             counts, error = None, f"{type(exc).__name__}: {exc}"
         with lock:
+            if counts is not None and on_result:
+                try:
+                    on_result(counts)
+                except Exception as exc:  # not journaled: leave it out of `fetched` too
+                    counts, error = None, f"not recorded: {type(exc).__name__}: {exc}"
             if counts is not None:
                 results.append(counts)
-                if on_result:
-                    on_result(counts)
             else:
                 failed[normalize_name(name)] = error
             done += 1

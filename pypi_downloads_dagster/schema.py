@@ -7,7 +7,9 @@ Every reader and writer of the dataset goes through `conform`, `read_dataset_fil
 from __future__ import annotations
 
 import io
+import json
 import re
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,16 @@ STATUS_EMPTY = "empty"
 STATUSES = (STATUS_VALID, STATUS_EMPTY)
 
 _NORMALIZE = re.compile(r"[-_.]+")
+
+#: Bounds every stored count and fetch time must keep. Counts are int64 in the file; a fetch time
+#: before pypistats existed or ahead of the clock (beyond a little skew between machines) is a
+#: broken clock or a broken file, and such a row would never be stale again.
+MAX_COUNT = 2**63 - 1
+EARLIEST_UPDATED_AT = 1_514_764_800.0  # 2018-01-01 UTC: pypistats.org went online in 2018
+MAX_CLOCK_SKEW_SECONDS = 300.0
+
+#: Where a project's page is, whatever index URL the data was read from (that may hold credentials).
+PUBLIC_INDEX_URL = "https://pypi.org/simple/"
 
 
 class DatasetFormatError(ValueError):
@@ -141,15 +153,61 @@ def _drop_written_index(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def dataset_to_parquet(frame: pd.DataFrame) -> bytes:
-    """Serialise a conformed dataset to Parquet bytes with `DATASET_SCHEMA` (deterministic output)."""
+#: Our key in the Parquet schema metadata: the publish guards' high-water marks travel with the data.
+BASELINE_METADATA_KEY = b"pypi_downloads_dagster.guard_baseline"
+
+
+def dataset_to_parquet(frame: pd.DataFrame, *, baseline: Optional[dict] = None) -> bytes:
+    """Serialise a conformed dataset to Parquet bytes with `DATASET_SCHEMA` (deterministic output).
+
+    The Arrow schema types the counts for pyarrow and 🤗 Datasets (nullable int64); the pandas
+    metadata next to it makes `pd.read_parquet` give nullable `Int64` counts instead of float64
+    with NaN. No index is stored.
+    """
     table = pa.Table.from_pandas(conform(frame), schema=DATASET_SCHEMA, preserve_index=False)
-    # No pandas metadata: the file describes itself with the Arrow schema alone, and identical
-    # data always gives identical bytes (so an unchanged dataset is detectable and never re-committed).
-    table = table.replace_schema_metadata(None)
+    # Our own pandas metadata, not the frame's: pyarrow would copy `frame.attrs` into it, and
+    # identical data must always give identical bytes (an unchanged dataset is never re-committed).
+    metadata = {b"pandas": _pandas_metadata()}
+    if baseline:
+        metadata[BASELINE_METADATA_KEY] = json.dumps(baseline, sort_keys=True).encode()
+    table = table.replace_schema_metadata(metadata)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
+
+
+def _pandas_metadata() -> bytes:
+    """The `pandas` schema metadata for `DATASET_SCHEMA`: counts as the `Int64` extension dtype, no index.
+
+    A function of the schema and the installed pandas/pyarrow only: the two version strings are the
+    sole varying parts, and they are stable for a given install (the Parquet footer names the
+    pyarrow version anyway).
+    """
+    # "object" for strings reads as pandas' default string dtype (`str` in pandas 3, object before).
+    numpy_types = {pa.string(): ("unicode", "object"), pa.int64(): ("int64", "Int64"), pa.float64(): ("float64", "float64")}
+    columns = [
+        {"name": f.name, "field_name": f.name, "pandas_type": numpy_types[f.type][0], "numpy_type": numpy_types[f.type][1], "metadata": None}
+        for f in DATASET_SCHEMA
+    ]
+    return json.dumps(
+        {
+            "index_columns": [],
+            "column_indexes": [],
+            "columns": columns,
+            "attributes": {},
+            "creator": {"library": "pyarrow", "version": pa.__version__},
+            "pandas_version": pd.__version__,
+        }
+    ).encode()
+
+
+def read_dataset_baseline(data: bytes) -> Optional[dict]:
+    """The guards' high-water marks stored in a `dataset.parquet` (None in files without them)."""
+    try:
+        raw = (pq.read_schema(io.BytesIO(data)).metadata or {}).get(BASELINE_METADATA_KEY)
+        return json.loads(raw) if raw else None
+    except Exception as exc:  # the file itself was read already: only our key can be bad
+        raise DatasetFormatError(f"dataset.parquet: unreadable guard baseline metadata ({exc})") from exc
 
 
 def read_dataset_file(data: bytes, filename: str) -> pd.DataFrame:
@@ -160,7 +218,9 @@ def read_dataset_file(data: bytes, filename: str) -> pd.DataFrame:
     """
     try:
         if filename.endswith(".parquet"):
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+            # int64 straight to Int64, also in files without pandas metadata: a detour through
+            # float64 would round counts above 2**53.
+            frame = pq.read_table(io.BytesIO(data)).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
         elif filename.endswith(".csv"):
             frame = pd.read_csv(io.BytesIO(data), dtype={"name": str, "url": str, "status": str}, keep_default_na=False, na_values=[""])
             frame = _drop_written_index(frame)

@@ -11,7 +11,9 @@ import pytest
 from huggingface_hub import DatasetCard
 
 from pypi_downloads_dagster.card import (
+    READER_TYPES,
     SAMPLE_ROWS,
+    card_without_front_matter,
     dataset_overview,
     markdown_cell,
     render_dataset_card,
@@ -40,7 +42,8 @@ def section(card: str, heading_start: str) -> str:
 
 def table(text: str) -> list[list[str]]:
     """Rows of the first Markdown table in `text` (header and rule dropped), cells unescaped."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    blocks = [block for block in text.split("\n\n") if block.startswith("|")]
+    lines = blocks[0].splitlines() if blocks else []
     rows = [[cell.strip().replace("\\|", "|") for cell in UNESCAPED_PIPE.split(line)[1:-1]] for line in lines]
     return rows[2:]
 
@@ -67,7 +70,9 @@ def test_front_matter_round_trip(card):
     assert data.configs == [{"config_name": "default", "data_files": "dataset.parquet"}]
     assert data.license == "apache-2.0"
     assert data.size_categories == ["1K<n<10K"]
-    assert data.source_datasets == ["pypistats"]
+    # `source_datasets` takes Hub dataset ids; pypistats is not one, so it is named in the text instead.
+    assert data.source_datasets is None and "source_datasets" not in card.split("\n---\n", 1)[0]
+    assert "pypistats.org" in DatasetCard(card).text
     assert data.language == ["en"]
     assert {"pypi", "python", "downloads", "pypistats"} <= set(data.tags)
     assert data.pretty_name
@@ -146,6 +151,20 @@ def test_charts_embedded_with_relative_links(frame, card):
     custom = render_dataset_card(frame, repo_id=REPO, chart_files=("charts/a.png",))
     assert "](charts/a.png)" in custom and "](download_distribution.png)" not in custom
     assert "## Charts" not in render_dataset_card(frame, repo_id=REPO, chart_files=())
+
+
+def utc(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def test_updated_at_is_shown_as_utc_time(frame, card):
+    by_name = frame.set_index("name")["updated_at"]
+    sample, top = table(section(card, "Sample")), table(section(card, "Top"))
+    assert [row[6] for row in sample] == [utc(by_name[row[0]]) for row in sample]
+    assert [row[5] for row in top] == [utc(by_name[row[1]]) for row in top]
+    assert "updated_at (UTC)" in section(card, "Sample") and "updated_at (UTC)" in section(card, "Top")
+    # The file keeps the floats: no card rendering changes the frame.
+    assert str(frame["updated_at"].dtype) == "float64"
 
 
 def test_top_table_order_and_count(frame, card):
@@ -231,3 +250,61 @@ def test_usage_names_the_repo(card, frame):
     assert f'pd.read_parquet("hf://datasets/{REPO}/dataset.parquet")' in card
     assert f'load_dataset("{REPO}"' in card
     assert "hf://" not in render_dataset_card(frame, repo_id=None)
+
+
+# --- source, limitations, citation, readers ------------------------------------------------------
+
+
+def test_source_and_terms(card):
+    text = section(card, "Source and terms")
+    for phrase in ("pypistats.org", "bigquery-public-data.pypi", "excluding mirrors", "gentle", "public"):
+        assert phrase in text, phrase
+
+
+def test_limitations(card):
+    text = section(card, "Limitations")
+    assert "rolling basis" in text and "different `updated_at`" in text
+    assert "Mirrors are excluded" in text
+    assert "`empty` means no data in the last 30 days" in text
+    assert "lag by a day" in text
+
+
+def bibtex(card: str) -> tuple[str, dict[str, str]]:
+    [entry] = re.findall(r"```bibtex\n(.*?)\n```", section(card, "Citation"), flags=re.DOTALL)
+    key = re.match(r"@misc\{([^,]+),\n", entry).group(1)
+    fields = dict(re.findall(r"^  (\w+)\s*= \{(.*)\},?$", entry, flags=re.MULTILINE))
+    assert entry.count("{") == entry.count("}") and entry.endswith("\n}")
+    return key, fields
+
+
+def test_citation_names_the_repo_and_the_snapshot(frame, card):
+    key, fields = bibtex(card)
+    assert key == "someone_pypi_downloads"
+    assert fields["howpublished"] == f"\\url{{https://huggingface.co/datasets/{REPO}}}"
+    assert fields["author"] == "someone" and fields["title"] == "PyPI Download Counts"
+    # The newest fetch's year, not today's.
+    assert fields["year"] == "2024" and "2024-02-29" in fields["note"]
+    key, fields = bibtex(render_dataset_card(empty_dataset(), repo_id=None))
+    assert key == "pypi_download_counts" and set(fields) == {"title", "note"}
+
+
+def test_schema_section_says_how_each_reader_types_the_counts(card):
+    text = section(card, "Schema")
+    for reader, call, count_type, null in READER_TYPES:
+        assert f"| {reader} | {call} | `{count_type}` | `{null}` |" in text
+    assert "float64 Unix seconds" in text
+
+
+def test_card_without_front_matter(card):
+    body = card_without_front_matter(card)
+    assert body.startswith("# PyPI Download Counts\n")
+    assert not body.lstrip().startswith("---") and "configs:" not in body and "license:" not in body
+    headings = re.findall(r"^#{1,2} .*$", card, flags=re.MULTILINE)
+    assert re.findall(r"^#{1,2} .*$", body, flags=re.MULTILINE) == headings and len(headings) > 8
+    assert body == DatasetCard(card).text.lstrip("\n")
+
+
+def test_card_without_front_matter_leaves_other_text_alone():
+    assert card_without_front_matter("# Title\n\n---\n\nafter a rule\n") == "# Title\n\n---\n\nafter a rule\n"
+    assert card_without_front_matter("---\n---\n# Title\n") == "# Title\n"
+    assert card_without_front_matter("---\r\nlicense: mit\r\n---\r\n\r\nbody\r\n---\r\n") == "body\r\n---\r\n"

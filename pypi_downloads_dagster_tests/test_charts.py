@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -13,15 +16,19 @@ import pandas as pd
 import pytest
 
 from pypi_downloads_dagster import charts
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
+
 from pypi_downloads_dagster.charts import (
     CHART_FILES,
     PERCENTILES,
-    cumulative_share,
+    chart_thumbnails_markdown,    cumulative_share,
     download_percentiles,
     known_counts,
     packages_holding,
     period_stats,
     render_charts,
+    snapshot_date,
     top_packages,
 )
 from pypi_downloads_dagster.schema import COUNT_COLUMNS, empty_dataset
@@ -42,16 +49,25 @@ def test_known_counts_drops_nulls_for_new_and_old_layouts():
         assert known_counts(frame, "last_month").tolist() == [3.0, 0.0]
 
 
-def test_percentiles_are_over_positive_counts_only():
+def test_percentiles_are_whole_counts_over_positive_counts_only():
     frame = make_frame(2000)
     values = known_counts(frame, "last_week")
     got = download_percentiles(values)
-    positive = frame["last_week"].dropna()
-    positive = positive[positive > 0].astype("float64")
+    positive = np.sort(frame["last_week"].dropna().to_numpy(dtype="int64"))
+    positive = positive[positive > 0]
     assert list(got) == list(PERCENTILES)
     for q, value in got.items():
-        assert value == pytest.approx(positive.quantile(q / 100))
+        # The smallest count with at least q% of the packages at or below it.
+        at_or_below = (positive <= value).mean()
+        assert type(value) is int and value in positive
+        assert at_or_below >= q / 100 > (positive < value).mean()
     assert list(got.values()) == sorted(got.values())
+
+
+def test_percentiles_by_hand():
+    # Interpolating would give P50 = 2.5 and P90 = 7.3 downloads.
+    assert download_percentiles(np.array([0.0, 1.0, 2.0, 3.0, 9.0])) == {50: 2, 90: 9, 95: 9, 99: 9}
+    assert download_percentiles(np.array([1.0, 2.0, 3.0, 4.0]), percentiles=(50,)) == {50: 2}
 
 
 def test_percentiles_of_no_positive_values_are_empty():
@@ -181,7 +197,8 @@ def test_histograms_draw_the_percentile_lines():
         xs = [line.get_xdata()[0] for line in ax.get_lines()]
         assert xs == pytest.approx(np.log10(list(expected.values())))
         labels = [text.get_text() for text in ax.get_legend().get_texts()]
-        assert labels == [f"P{q}: {charts._exact(v)}" for q, v in expected.items()]
+        assert labels == [f"P{q}: {v:,}" for q, v in expected.items()]
+        assert not any("." in label for label in labels)
         assert sum(patch.get_height() for patch in ax.patches) == (known_counts(frame, column) > 0).sum()
         assert len(ax.patches) == charts.HISTOGRAM_BINS
 
@@ -228,3 +245,107 @@ def test_rendering_never_imports_pyplot():
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --- whole counts on count axes, snapshot date ---------------------------------------------------
+
+
+def tick_labels(axis) -> list[str]:
+    return [label.get_text() for label in axis.get_majorticklabels() if label.get_text()]
+
+
+def whole_count(label: str) -> bool:
+    """A tick label that reads as a whole number of downloads or packages (1, 20, 1K, 2.5K, 1M)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMB]?)", label.replace(",", "").replace("\u2212", "-"))
+    if not match:
+        return False
+    value = float(match.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}[match.group(2)]
+    return value.is_integer()
+
+
+@pytest.mark.parametrize("rows, valid_share, log_mean", [(3, 1.0, 0.5), (8, 1.0, 1.0), (40, 0.8, 2.0), (3000, 0.6, 3.0)])
+def test_count_axes_have_whole_tick_labels(rows, valid_share, log_mean):
+    frame = synthetic_dataset(rows, seed=1, valid_share=valid_share, log_mean=log_mean)
+    distribution, top = charts._distribution_figure(frame), charts._top_packages_figure(frame)
+    for fig in (distribution, top):
+        FigureCanvasAgg(fig).draw()
+    count_axes = [ax.xaxis for ax in distribution.axes]  # downloads (histograms), top k packages (share curves)
+    count_axes += [ax.yaxis for ax in distribution.axes[:3]]  # packages per bin
+    count_axes += [top.axes[0].yaxis]  # downloads
+    for axis in count_axes:
+        labels = tick_labels(axis)
+        if axis.axes.texts and "no data yet" in [t.get_text() for t in axis.axes.texts]:
+            continue
+        assert labels, f"{axis.axes.get_title()}: no labelled ticks"
+        assert all(whole_count(label) for label in labels), (axis.axes.get_title(), labels)
+
+
+def test_count_tick_labels():
+    assert charts._count_tick(1000.0000000001) == "1K"
+    assert charts._count_tick(1.9) == charts._count_tick(999.5) == ""
+    assert charts._count_tick(2.0000000000000004) == "2"
+    assert charts._count_tick(2.5) == charts._count_tick(0.1) == charts._count_tick(-1) == ""
+    assert charts._count_tick(0) == "0"
+
+
+def test_log_ticks():
+    assert charts._log_ticks(1, 15) == [1, 2, 5, 10, 20]
+    assert charts._log_ticks(5, 15) == [2, 5, 10, 20]
+    assert charts._log_ticks(1, 373_041) == [1, 10, 100, 1000, 10_000, 100_000, 1_000_000]
+    assert charts._log_ticks(1, 1) == [1, 2]
+
+
+def test_snapshot_date_is_the_newest_fetch_in_utc():
+    frame = make_frame(30)
+    newest = frame["updated_at"].max()
+    assert snapshot_date(frame) == dt.datetime.fromtimestamp(newest, dt.UTC).date().isoformat()
+    # 23:59:59 UTC is still that day whatever the local time zone.
+    assert snapshot_date(frame.assign(updated_at=1_709_251_199.0)) == "2024-02-29"
+    assert snapshot_date(frame.assign(updated_at=np.nan)) is None
+
+
+def test_charts_state_their_snapshot_date():
+    frame = make_frame(300)
+    old = frame.assign(updated_at=frame["updated_at"] - 5 * 365 * 86400)  # the same rows, fetched in 2019
+    for data, date in ((frame, "2024-02-29"), (old, snapshot_date(old))):
+        assert date.startswith(("2024", "2019"))
+        assert f"snapshot {date} (UTC)" in charts._distribution_figure(data).get_suptitle()
+        assert f"snapshot {date} (UTC)" in charts._top_packages_figure(data).axes[0].get_title()
+    assert render_charts(old) != render_charts(frame)
+    assert "no rows fetched yet" in charts._distribution_figure(empty_dataset()).get_suptitle()
+    assert "no rows fetched yet" in charts._top_packages_figure(empty_dataset()).axes[0].get_title()
+
+
+# --- thumbnails ----------------------------------------------------------------------------------
+
+
+def thumbnails(markdown: str) -> dict[str, str]:
+    return dict(re.findall(r"!\[([^\]]+)\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", markdown))
+
+
+def test_chart_thumbnails_are_small_decodable_pngs(rendered):
+    _, pngs = rendered
+    markdown = chart_thumbnails_markdown(pngs)
+    uris = thumbnails(markdown)
+    assert list(uris) == list(CHART_FILES)
+    for name, uri in uris.items():
+        assert len(uri) < 60_000, name
+        data = base64.b64decode(uri.split(",", 1)[1], validate=True)
+        assert data.startswith(PNG_SIGNATURE)
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            full = Image.open(io.BytesIO(pngs[name]))
+            assert image.width == 480 and abs(image.height - full.height * 480 / full.width) <= 1
+        assert f"**{name}**" in markdown
+    assert chart_thumbnails_markdown(pngs) == markdown, "deterministic"
+
+
+def test_chart_thumbnails_shrink_to_fit_the_size_bound(rendered):
+    _, pngs = rendered
+    uris = thumbnails(chart_thumbnails_markdown(pngs, max_width=640, max_uri_bytes=12_000))
+    assert list(uris) == list(CHART_FILES)
+    for name, uri in uris.items():
+        assert len(uri) <= 12_000
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+            assert image.width < 640
+    assert chart_thumbnails_markdown({}) == ""

@@ -10,7 +10,7 @@ NOW = 1_800_000_000.0
 
 
 def projects(*names):
-    return build_project_index(list(names), "https://pypi.org/simple/", fmt="json").projects
+    return build_project_index(list(names), fmt="json").projects
 
 
 def dataset(rows):
@@ -77,7 +77,7 @@ def test_merge_applies_newer_fetches_keeps_others_and_follows_the_index():
             ("left-index", 1, 1, 1, "valid", NOW),
         ]
     )
-    merged, stats = merge_dataset(existing, index, newest_fetches([fresh]))
+    merged, stats = merge_dataset(existing, index, newest_fetches([fresh]), now=NOW)
     assert merged["name"].tolist() == ["Django", "Failed", "kept", "new-one"]
     rows = merged.set_index("name")
     assert rows.loc["Django", ["last_day", "last_week", "last_month", "status"]].tolist() == [10, 70, 300, "valid"]
@@ -92,15 +92,15 @@ def test_merge_is_idempotent_and_newest_fetch_wins():
     index = projects("a", "b")
     first = fetched([("a", 1, 1, 1, "valid", NOW - 10)])
     second = fetched([("a", 2, 2, 2, "valid", NOW), ("b", None, None, None, "empty", NOW)])
-    merged, _ = merge_dataset(dataset([]), index, newest_fetches([second, first]))
+    merged, _ = merge_dataset(dataset([]), index, newest_fetches([second, first]), now=NOW)
     assert merged["last_day"].tolist()[0] == 2
-    again, stats = merge_dataset(merged, index, newest_fetches([first, second]))
+    again, stats = merge_dataset(merged, index, newest_fetches([first, second]), now=NOW)
     pd.testing.assert_frame_equal(again, merged)
     assert stats.updated == 0
 
 
 def test_merge_with_nothing_fetched_returns_the_dataset_for_the_index():
     existing = dataset([("a", 1, 2, 3, "valid", NOW)])
-    merged, stats = merge_dataset(existing, projects("a"), newest_fetches([]))
+    merged, stats = merge_dataset(existing, projects("a"), newest_fetches([]), now=NOW)
     pd.testing.assert_frame_equal(merged, existing)
     assert stats.updated == 0

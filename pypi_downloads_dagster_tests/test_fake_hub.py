@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import struct
 import urllib.error
 import urllib.request
@@ -21,7 +22,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from pypi_downloads_dagster_tests.fakes.hub import STALE_PARENT_MESSAGE, FakeHub, git_blob_sha1
+from pypi_downloads_dagster_tests.fakes.hub import DROP, STALE_PARENT_MESSAGE, FakeHub, git_blob_sha1
 
 REPO = "tester/pypi-downloads"
 
@@ -307,3 +308,73 @@ def test_unknown_route_is_a_loud_404(hub, server):
     status, body = _request(f"{server.url}/api/spaces/tester/x")
     assert status == 404 and "no route" in body["error"]
     assert hub.unhandled == [("GET", "/api/spaces/tester/x")]
+
+
+def test_a_private_repo_is_not_found_by_another_user_yet_its_name_is_taken(tmp_path):
+    hub = FakeHub(token="secret")
+    hub.add_token("other-token", user="someone")
+    head = hub.create_dataset_repo(REPO, {"dataset.parquet": PARQUET}, private=True)
+    with hub.serve() as server:
+        owner, other = HfApi(endpoint=server.url, token="secret"), HfApi(endpoint=server.url, token="other-token")
+        assert owner.repo_info(REPO, repo_type="dataset").sha == head
+        assert other.whoami()["name"] == "someone"
+        # To a valid token of another user it is 404 "not found", exactly like a missing repo...
+        with pytest.raises(RepositoryNotFoundError) as exc:
+            other.repo_info(REPO, repo_type="dataset")
+        assert exc.value.response.status_code == 404
+        assert not other.file_exists(REPO, "dataset.parquet", repo_type="dataset")
+        with pytest.raises(RepositoryNotFoundError):
+            other.hf_hub_download(REPO, "dataset.parquet", repo_type="dataset", cache_dir=str(tmp_path))
+        with pytest.raises(RepositoryNotFoundError):
+            other.create_commit(REPO, publish_operations(), commit_message="x", repo_type="dataset", parent_commit=head)
+        # ...but creating it is 409 "already exists".
+        with pytest.raises(HfHubHTTPError) as exc:
+            other.create_repo(REPO, repo_type="dataset")
+        assert exc.value.response.status_code == 409
+        # A repo created through the API belongs to the token's user (and namespace).
+        assert other.create_repo("mine", repo_type="dataset", private=True).repo_id == "someone/mine"
+        assert other.repo_info("someone/mine", repo_type="dataset").private
+        with pytest.raises(RepositoryNotFoundError):
+            owner.repo_info("someone/mine", repo_type="dataset")
+    assert hub.head(REPO) == head and len(hub.commits(REPO)) == 2
+
+
+def test_a_dropped_connection_and_a_hub_gone_offline(hub, api, server, tmp_path):
+    hub.create_dataset_repo(REPO, {"README.md": README})
+    hub.fail_next("HEAD", "/README.md", DROP)
+    with pytest.raises(Exception, match="Server disconnected without sending a response"):
+        download(api, "README.md", "main", tmp_path / "a")
+    assert download(api, "README.md", "main", tmp_path / "b") == README  # consumed after one use
+
+    hub.go_offline_after("GET", "/api/datasets/")
+    assert api.repo_info(REPO, repo_type="dataset").sha == hub.head(REPO)  # answered as usual...
+    with pytest.raises(Exception, match="Connection refused"):  # ...then the port is closed
+        api.repo_info(REPO, repo_type="dataset")
+    host, port = server.httpd.server_address[:2]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, port), timeout=2)
+
+
+def test_commit_adds_and_deletes_files_and_folders_at_once(hub, api):
+    head = hub.create_dataset_repo(REPO, {"dataset.csv": "x\n1\n", "charts/a.png": PNG, "charts/b.png": PNG + b"b"})
+    operations = [
+        CommitOperationAdd(path_in_repo="dataset.parquet", path_or_fileobj=PARQUET),
+        CommitOperationDelete("dataset.csv"),  # a "deletedFile" line
+        CommitOperationDelete("charts/"),  # a "deletedFolder" line (the trailing slash says so)
+    ]
+    api.create_commit(REPO, operations, commit_message="one source", repo_type="dataset", parent_commit=head)
+    assert sorted(hub.files(REPO)) == [".gitattributes", "dataset.parquet"]
+    assert hub.commits(REPO)[-1].changed == {"dataset.parquet", "dataset.csv", "charts/a.png", "charts/b.png"}
+
+    # Deleting a path that is not there refuses the whole commit.
+    head, before = hub.head(REPO), hub.files(REPO)
+    for missing in ("dataset.csv", "charts/"):
+        with pytest.raises(EntryNotFoundError):
+            api.create_commit(
+                REPO,
+                [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=README), CommitOperationDelete(missing)],
+                commit_message="x",
+                repo_type="dataset",
+                parent_commit=head,
+            )
+    assert hub.head(REPO) == head and hub.files(REPO) == before

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from pypi_downloads_dagster_tests.fakes.pypi_index import JSON_TYPE, FakeIndex, negotiate
-from pypi_downloads_dagster_tests.fakes.pypistats import RATE_LIMIT_BODY, FakePypistats
+from pypi_downloads_dagster_tests.fakes.pypistats import FOREIGN_404_BODY, RATE_LIMIT_BODY, FakePypistats
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 
 PROJECTS = ["zope.interface", "Django", "requests", "a_b-C", "Flask"]
@@ -197,6 +197,16 @@ def test_pypistats_fault_injection(session):
     stats.stop()
 
 
+def test_pypistats_foreign_404(stats, session):
+    url = f"{stats.api_url}/packages/django/recent"
+    stats.foreign_404("django", times=2)
+    answers = [session.get(url) for _ in range(3)]
+    assert [(r.status_code, r.content) for r in answers[:2]] == [(404, FOREIGN_404_BODY)] * 2
+    assert answers[2].json()["package"] == "django"
+    unknown = session.get(f"{stats.api_url}/packages/no-such-project/recent")
+    assert (unknown.status_code, unknown.content) == (404, b"404")  # pypistats' own answer differs
+
+
 # -- proxy --
 
 
@@ -222,6 +232,21 @@ def test_proxy_credentials(stats, session):
         wrong = session.get(url, proxies={"http": proxy.url.replace("http://", "http://user:nope@")})
         assert wrong.status_code == 407
     assert len(stats.log) == 1
+
+
+def test_proxy_override_answers_without_asking_upstream(stats, session):
+    url = f"{stats.api_url}/packages/django/recent"
+    with FakeProxy(source_ip="127.0.0.2", username="user", password="pw") as proxy:
+        proxy.override = (200, "text/html", "<html><body>Please log in to the Wi-Fi</body></html>")
+        r = session.get(url, proxies=proxy.proxies)
+        assert (r.status_code, r.headers["Content-Type"]) == (200, "text/html") and "Wi-Fi" in r.text
+        assert session.get(url, proxies={"http": proxy.url}).status_code == 407  # credentials still checked
+        proxy.override = (404, "text/html", b"<html>Not Found</html>")
+        assert session.get(url, proxies=proxy.proxies).status_code == 404
+        assert [r.status for r in proxy.requests] == [200, 407, 404]
+        proxy.override = None
+        assert session.get(url, proxies=proxy.proxies).json()["package"] == "django"
+    assert len(stats.log) == 1  # only the last request reached pypistats
 
 
 def test_proxy_refusals_and_faults(stats, index, session):

@@ -1,9 +1,21 @@
-import pandas as pd
+import json
+import logging
 
-from pypi_downloads_dagster.fetch_store import FetchStore
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pypi_downloads_dagster.fetch_store import FETCHED_SCHEMA, FetchStore, InvalidFetchRow
 from pypi_downloads_dagster.pypistats import RecentCounts, counts_day_start
+from pypi_downloads_dagster.schema import EARLIEST_UPDATED_AT, MAX_COUNT
 
 T = 1_800_000_000.0
+
+
+def at_t(root):
+    """A store whose "now" is T (fetch times after now + skew are refused)."""
+    return FetchStore(root, clock=lambda: T)
 
 
 def rows(*items):
@@ -19,7 +31,7 @@ def published(*items):
 
 
 def test_a_killed_run_keeps_every_answer_it_journaled(tmp_path):
-    store = FetchStore(tmp_path)
+    store = at_t(tmp_path)
     with store.journal("K") as record:
         record(RecentCounts("a", 1, 2, 3, "valid", T))
         record(RecentCounts("b", None, None, None, "empty", T))
@@ -31,7 +43,7 @@ def test_a_killed_run_keeps_every_answer_it_journaled(tmp_path):
 
 
 def test_write_folds_the_journal_and_keeps_rows_a_rerun_missed(tmp_path):
-    store = FetchStore(tmp_path)
+    store = at_t(tmp_path)
     store.write("K", rows(("a", 1, 1, 1, "valid", T), ("b", 2, 2, 2, "valid", T)))
     with store.journal("K") as record:
         record(RecentCounts("a", 5, 5, 5, "valid", T + 10))
@@ -42,7 +54,7 @@ def test_write_folds_the_journal_and_keeps_rows_a_rerun_missed(tmp_path):
 
 
 def test_only_fully_published_chunks_from_before_today_are_removed(tmp_path):
-    store = FetchStore(tmp_path)
+    store = at_t(tmp_path)
     store.write("old", rows(("a", 1, 1, 1, "valid", T - 86_400 * 2)))
     store.write("unpublished", rows(("b", 1, 1, 1, "valid", T - 86_400 * 2)))
     store.write("today", rows(("c", 1, 1, 1, "valid", T)))
@@ -56,3 +68,139 @@ def test_only_fully_published_chunks_from_before_today_are_removed(tmp_path):
 def test_counts_day_starts_at_two_utc():
     start = counts_day_start(T)
     assert start <= T < start + 86_400 and (start - 2 * 3600) % 86_400 == 0
+
+
+def rejected_records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_bad_journal_lines_are_set_aside_and_the_rest_of_the_chunk_reads(tmp_path, caplog):
+    store = at_t(tmp_path)
+    good = {"last_day": 1, "last_week": 2, "last_month": 3, "status": "valid", "updated_at": T}
+    bad_lines = [
+        "this is not JSON",
+        json.dumps({**good, "normalized": "huge", "last_month": 2**64}),  # once: OverflowError on every read
+        json.dumps({**good, "normalized": "negative", "last_day": -1}),
+        json.dumps({**good, "normalized": "fraction", "last_day": 1.5}),
+        json.dumps({**good, "normalized": "boolean", "last_day": True}),
+        json.dumps({**good, "normalized": "odd-status", "status": "gone"}),
+        json.dumps({**good, "normalized": "valid-without-counts", "last_week": None}),
+        json.dumps({**good, "normalized": "empty-with-counts", "status": "empty"}),
+        json.dumps({**good, "normalized": "nan-time", "updated_at": float("nan")}),
+        json.dumps({**good, "normalized": "broken-clock", "updated_at": 0}),
+        json.dumps({**good, "normalized": "from-the-future", "updated_at": T + 86_400}),
+        json.dumps({**good, "normalized": "text-time", "updated_at": "yesterday"}),
+        json.dumps({**good, "normalized": ""}),
+        json.dumps(good),  # no name at all
+        "[1, 2, 3]",
+    ]
+    journal = tmp_path / "K.journal.jsonl"
+    journal.write_text(
+        "\n".join(
+            [json.dumps({**good, "normalized": "a"}), *bad_lines,
+             json.dumps({"normalized": "b", "last_day": None, "last_week": None, "last_month": None, "status": "empty", "updated_at": T}),
+             json.dumps({**good, "normalized": "max", "last_month": MAX_COUNT, "updated_at": EARLIEST_UPDATED_AT})]
+        )
+        + "\n"
+        + '{"normalized": "cut", "last_d'  # a killed run's last line: skipped, not set aside
+    )
+    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
+        frame = store.read("K")
+    assert sorted(frame["normalized"]) == ["a", "b", "max"]
+    assert frame.set_index("normalized").loc["max", "last_month"] == MAX_COUNT
+    assert str(frame["last_day"].dtype) == "Int64"
+    warnings = [r for r in caplog.records if r.name == "pypi_downloads_dagster.fetch_store" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "chunk K" in message and f"{len(bad_lines)} line(s)" in message and "not valid JSON" in message
+    rejected = tmp_path / "K.rejected.jsonl"
+    records = rejected_records(rejected)
+    assert [r["line"] for r in records] == bad_lines  # nothing lost: every line kept as it was
+    assert all(r["chunk"] == "K" and r["reason"] for r in records)
+    assert "huge: last_month" in records[1]["reason"]
+    assert store.keys() == ["K"]  # the rejected file is not a chunk
+
+    # Reading again (plans, merges and publishes all read) does not repeat them in the file.
+    assert sorted(store.read_all()["K"]["normalized"]) == ["a", "b", "max"]
+    assert store.fetched_since("K", T) == {"a", "b"}
+    assert len(rejected_records(rejected)) == len(bad_lines)
+
+    # Folding the journal keeps the good rows; the set-aside lines stay for a person.
+    store.write("K", rows(("c", 4, 5, 6, "valid", T)))
+    assert sorted(store.read("K")["normalized"]) == ["a", "b", "c", "max"]
+    assert not journal.exists() and len(rejected_records(rejected)) == len(bad_lines)
+
+
+def test_bad_rows_in_a_chunk_file_are_set_aside(tmp_path, caplog):
+    store = at_t(tmp_path)
+    frame = rows(
+        ("a", 1, 2, 3, "valid", T),
+        ("negative", -5, 2, 3, "valid", T),
+        ("no-status", 1, 2, 3, None, T),
+        ("future", 1, 2, 3, "valid", T + 10 * 86_400),
+        ("nan-time", 1, 2, 3, "valid", float("nan")),
+        (None, 1, 2, 3, "valid", T),
+        ("b", None, None, None, "empty", T - 60),
+    )
+    # Written directly, as an older version or a hand edit could have left it.
+    pq.write_table(pa.Table.from_pandas(frame, schema=FETCHED_SCHEMA, preserve_index=False), tmp_path / "K.parquet")
+    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
+        read = store.read("K")
+    assert sorted(read["normalized"]) == ["a", "b"]
+    records = rejected_records(tmp_path / "K.rejected.jsonl")
+    assert len(records) == 5 and "negative: last_day -5" in records[0]["reason"]
+    assert json.loads(records[0]["line"])["last_day"] == -5
+    assert "chunk K" in caplog.text and "5 line(s)" in caplog.text
+    assert store.keys() == ["K"]
+
+
+def test_record_and_write_refuse_values_that_cannot_be_stored(tmp_path, caplog):
+    store = at_t(tmp_path)
+    with store.journal("K") as record:
+        record(RecentCounts("a", 1, 2, 3, "valid", T))
+        with pytest.raises(InvalidFetchRow, match="chunk K.*last_month"):
+            record(RecentCounts("huge", 1, 2, MAX_COUNT + 1, "valid", T))
+        with pytest.raises(InvalidFetchRow, match="updated_at"):
+            record(RecentCounts("broken-clock", 1, 2, 3, "valid", 0.0))
+        with pytest.raises(InvalidFetchRow, match="status"):
+            record(RecentCounts("odd", 1, 2, 3, "maybe", T))
+    assert [json.loads(line)["normalized"] for line in (tmp_path / "K.journal.jsonl").read_text().splitlines()] == ["a"]
+
+    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
+        store.write("K", rows(("b", 4, 5, 6, "valid", T), ("negative", -1, 5, 6, "valid", T), ("c", 1, 1, 1, "empty", T)))
+    assert sorted(store.read("K")["normalized"]) == ["a", "b"]
+    assert [r["line"] for r in rejected_records(tmp_path / "K.rejected.jsonl")] == [
+        json.dumps({"normalized": "negative", "last_day": -1, "last_week": 5, "last_month": 6, "status": "valid", "updated_at": T}),
+        json.dumps({"normalized": "c", "last_day": 1, "last_week": 1, "last_month": 1, "status": "empty", "updated_at": T}),
+    ]
+    assert "chunk K" in caplog.text and "2 line(s)" in caplog.text
+
+
+def test_read_all_and_remove_published_survive_bad_lines(tmp_path):
+    store = at_t(tmp_path)
+    old = T - 86_400 * 2
+    store.write("old", rows(("a", 1, 1, 1, "valid", old)))
+    with (tmp_path / "old.journal.jsonl").open("w") as handle:
+        handle.write(json.dumps({"normalized": "x", "last_day": 2**70, "last_week": 1, "last_month": 1, "status": "valid", "updated_at": old}) + "\n")
+        handle.write("garbage\n")
+    store.write("only-bad", rows(("b", 1, 1, 1, "valid", old)))
+    (tmp_path / "only-bad.parquet").unlink()
+    (tmp_path / "only-bad.journal.jsonl").write_text("garbage\n")
+    assert store.keys() == ["old", "only-bad"]
+    assert {key: sorted(frame["normalized"]) for key, frame in store.read_all().items()} == {"old": ["a"], "only-bad": []}
+    removed = store.remove_published(published(("a", old)), pd.Series(["a", "b"]), keep_fetched_since=counts_day_start(T))
+    assert removed == ["old"]  # a chunk with nothing readable stays: it may be a run that just began
+    assert store.keys() == ["only-bad"]
+    assert len(rejected_records(tmp_path / "old.rejected.jsonl")) == 2  # kept after the chunk went
+
+
+def test_a_rerun_after_a_killed_run_journals_on_a_new_line(tmp_path):
+    store = at_t(tmp_path)
+    with store.journal("K") as record:
+        record(RecentCounts("a", 1, 2, 3, "valid", T))
+    with (tmp_path / "K.journal.jsonl").open("a") as handle:
+        handle.write('{"normalized": "b", "last_d')  # killed mid-line
+    with store.journal("K") as record:
+        record(RecentCounts("c", 4, 5, 6, "valid", T))
+    assert sorted(store.read("K")["normalized"]) == ["a", "c"]
+    assert [r["line"] for r in rejected_records(tmp_path / "K.rejected.jsonl")] == ['{"normalized": "b", "last_d']

@@ -4,8 +4,10 @@ import time
 
 import pytest
 
-from pypi_downloads_dagster.http import HttpClient, HttpError, Pacing, RetryPolicy, parse_proxy_pool, redact_url
-from pypi_downloads_dagster.pypistats import fetch_many, recent_url
+import requests
+
+from pypi_downloads_dagster.http import BadAnswer, HttpClient, HttpError, Pacing, RetryPolicy, parse_proxy_pool, redact_url
+from pypi_downloads_dagster.pypistats import fetch_many, fetch_recent, recent_url
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 
@@ -69,12 +71,13 @@ def test_server_errors_and_dropped_connections_are_retried():
 def test_failures_after_retries_are_reported_never_recorded_as_empty():
     with FakePypistats(counts(3), per_second=100, per_minute=1000) as stats:
         stats.fail("pkg-0", [500] * 10)
-        stats.garbage("pkg-1")
+        stats.garbage("pkg-1", times=10)
         client = HttpClient(retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.02, timeout=5))
         result = fetch_many(client, stats.api_url, ["pkg-0", "pkg-1", "pkg-2"])
+        assert len(stats.requests_for("pkg-1")) == 3  # a 200 that is not the API's JSON is retried
     assert set(result.failed) == {"pkg-0", "pkg-1"}
     assert "HTTP 500" in result.failed["pkg-0"] and "after 3 attempts" in result.failed["pkg-0"]
-    assert "not a recent-downloads document" in result.failed["pkg-1"]
+    assert "not a recent-downloads document" in result.failed["pkg-1"] and "via direct" in result.failed["pkg-1"]
     assert result.fetched["normalized"].tolist() == ["pkg-2"]
 
 
@@ -111,6 +114,59 @@ def test_a_dead_proxy_is_routed_around_and_its_credentials_never_leak():
     message = str(error.value)
     assert "proxy-1 127.0.0.1:" in message and "s3cret" not in message and "alice" not in message
     assert "s3cret" not in repr(client.egresses) and "s3cret" not in str(client.egresses)
+
+
+PORTAL_PAGE = "<html><body>Please log in to the Wi-Fi</body></html>"
+
+
+def test_html_200_from_one_egress_is_retried_through_the_other():
+    with FakePypistats(counts(6), per_second=100, per_minute=1000) as stats, FakeProxy(
+        "127.0.0.2", "alice", "s3cret"
+    ) as portal, FakeProxy("127.0.0.3", "bob", "t0p") as good:
+        portal.override = (200, "text/html", PORTAL_PAGE)
+        client = HttpClient(parse_proxy_pool(f"{portal.proxy_url},{good.proxy_url}"), retry=FAST_RETRY)
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(6)])
+        assert result.failed == {} and result.valid == 6
+        assert result.fetched.set_index("normalized").loc["pkg-4", "last_week"] == 28
+        assert [r.status for r in portal.requests] and all(r.status == 200 for r in portal.requests)  # it was asked
+        assert stats.client_ips() == {"127.0.0.3"}  # every answer came through the other egress
+
+
+def test_rejected_answer_after_the_last_attempt_names_reason_and_egress_never_credentials():
+    with FakePypistats(counts(1), per_second=100, per_minute=1000) as stats, FakeProxy("127.0.0.2", "alice", "s3cret") as portal:
+        portal.override = (200, "text/html", PORTAL_PAGE)
+        client = HttpClient(parse_proxy_pool(portal.proxy_url), retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.02, timeout=5))
+        with pytest.raises(HttpError) as error:
+            fetch_recent(client, stats.api_url, "pkg-0")
+        assert len(portal.requests) == 3 and stats.log == []
+    message = str(error.value)
+    assert "after 3 attempts" in message and "HTTP 200" in message and "was rejected" in message
+    assert "not a recent-downloads document" in message and "Wi-Fi" in message
+    assert f"via proxy-1 127.0.0.1:{portal.httpd.server_address[1]}" in message
+    assert "s3cret" not in message and "alice" not in message
+    assert error.value.status == 200 and isinstance(error.value.__cause__, BadAnswer)
+
+
+def test_validate_bad_answer_is_retried_and_other_exceptions_are_not():
+    with FakePypistats(counts(1), per_second=100, per_minute=1000) as stats:
+        client = HttpClient(retry=FAST_RETRY)
+        url = f"{stats.api_url}/packages/pkg-0/recent"
+        seen = []
+
+        def twice_bad(response: requests.Response) -> None:
+            seen.append(response.status_code)
+            if len(seen) <= 2:
+                raise BadAnswer("not yet")
+
+        assert client.get(url, validate=twice_bad).json()["package"] == "pkg-0"
+        assert seen == [200, 200, 200] and len(stats.requests_for("pkg-0")) == 3
+
+        def buggy(response: requests.Response) -> None:
+            raise KeyError("a bug in the caller")
+
+        with pytest.raises(KeyError):  # a bug is not a bad answer: no retries
+            client.get(url, validate=buggy)
+        assert len(stats.requests_for("pkg-0")) == 4
 
 
 def test_proxy_pool_parsing_and_redaction():

@@ -2,11 +2,13 @@ import io
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pypi_downloads_dagster.schema import (
     COLUMNS,
+    COUNT_COLUMNS,
     DATASET_SCHEMA,
     DatasetFormatError,
     conform,
@@ -49,6 +51,58 @@ def test_parquet_round_trip_keeps_schema_and_values():
     back = read_dataset_file(data, "dataset.parquet")
     pd.testing.assert_frame_equal(back, frame)
     assert dataset_to_parquet(back) == data, "same data must give the same bytes"
+
+
+def test_parquet_bytes_depend_on_the_data_only():
+    frame = conform(old_float_frame())
+    data = dataset_to_parquet(frame)
+    decorated = frame.set_axis([7, 3, 5, 1]).copy()
+    decorated.attrs["run_id"] = "abc"  # pyarrow would copy attrs into the pandas metadata
+    assert dataset_to_parquet(decorated) == data
+    assert dataset_to_parquet(old_float_frame()) == data, "conformed or not, same data, same bytes"
+
+
+def test_parquet_pandas_metadata_is_fixed_and_types_counts_as_Int64():
+    metadata = pq.read_schema(io.BytesIO(dataset_to_parquet(conform(old_float_frame())))).pandas_metadata
+    assert metadata["index_columns"] == [] and metadata["attributes"] == {}
+    assert [c["name"] for c in metadata["columns"]] == list(COLUMNS)
+    numpy_types = {c["name"]: c["numpy_type"] for c in metadata["columns"]}
+    assert {numpy_types[c] for c in COUNT_COLUMNS} == {"Int64"}
+    assert numpy_types["updated_at"] == "float64"
+    # The only install-dependent parts: stable for a given pandas/pyarrow.
+    assert metadata["pandas_version"] == pd.__version__
+    assert metadata["creator"] == {"library": "pyarrow", "version": pa.__version__}
+    assert pq.read_schema(io.BytesIO(dataset_to_parquet(empty_dataset()))).pandas_metadata == metadata
+
+
+def test_pandas_reads_the_file_with_nullable_counts():
+    back = pd.read_parquet(io.BytesIO(dataset_to_parquet(conform(old_float_frame()))))
+    assert [str(back[c].dtype) for c in COUNT_COLUMNS] == ["Int64"] * 3
+    assert back["last_month"].isna().tolist() == [False, True, True, False]
+    assert str(back["updated_at"].dtype) == "float64"
+
+
+def test_counts_beyond_float_precision_survive_reading():
+    big = 2**53 + 1
+    frame = conform(old_float_frame()).assign(last_week=pd.array([big, None, None, 1], dtype="Int64"))
+    data = dataset_to_parquet(frame)
+    assert read_dataset_file(data, "dataset.parquet")["last_week"][0] == big
+    # Also from a file without pandas metadata (as this project wrote them before).
+    table = pq.read_table(io.BytesIO(data)).replace_schema_metadata(None)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    assert read_dataset_file(sink.getvalue(), "dataset.parquet")["last_week"][0] == big
+
+
+def test_parquet_of_the_old_tool_reads_even_with_a_stored_index():
+    # pandas stores a non-default index (left by sorting) as a column; it is not data.
+    old = old_float_frame().sort_values("updated_at", ascending=False)
+    buffer = io.BytesIO()
+    old.to_parquet(buffer)
+    frame = read_dataset_file(buffer.getvalue(), "dataset.parquet")
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["status"].tolist() == ["valid", "empty", "valid", None]
+    assert str(frame["last_day"].dtype) == "Int64"
 
 
 def test_csv_saved_with_its_row_numbers_reads_but_other_extra_columns_fail():

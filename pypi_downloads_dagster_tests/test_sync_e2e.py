@@ -90,7 +90,8 @@ def requested(stats):
 def test_sync_migrates_fetches_and_publishes_then_has_nothing_to_do(services):
     index, stats, hub, env = services
     stats.fail("flaky", [500, 503])  # recovers on retry
-    stats.garbage("broken")  # a 200 that is not JSON (not retried): fails, the row stays as it was
+    # A 200 that is not JSON on every attempt: fails after retries, the row stays as it was.
+    stats.garbage("broken", times=6)
     commits_before = len(hub.commits(REPO))
 
     first = sync(env)
@@ -104,9 +105,12 @@ def test_sync_migrates_fetches_and_publishes_then_has_nothing_to_do(services):
     assert commits[-1].changed == {"dataset.parquet", "README.md", "download_distribution.png", "top_packages.png"}
     assert "configs" in hub.files(REPO)["README.md"].decode()
 
-    # Requests: every stale project once by its normalized name (plus retries of 'flaky'), never the fresh one.
+    # Requests: every stale project once by its normalized name (plus retries of 'flaky' and 'broken'),
+    # never the fresh one; and each of the 3 chunks first asks for the canary, the published project
+    # with the most downloads (numpy, 30).
     assert requested(stats) == sorted(
-        ["django", "zope-interface", "numpy", "no-data", "foo-bar", "requests", "pyyaml"] + ["flaky"] * 3 + ["broken"]
+        ["django", "zope-interface", "numpy", "no-data", "foo-bar", "requests", "pyyaml"]
+        + ["flaky"] * 3 + ["broken"] * 6 + ["numpy"] * 3
     )
 
     # Row by row.
@@ -115,7 +119,7 @@ def test_sync_migrates_fetches_and_publishes_then_has_nothing_to_do(services):
     for name in INDEX:
         row = data.loc[name]
         key = normalize_name(name)
-        assert row["url"] == f"{index.index_url}{key}/"
+        assert row["url"] == f"https://pypi.org/simple/{key}/"
         if name == "Flask":
             assert [row.last_day, row.last_week, row.last_month, row.status] == [1, 2, 3, "valid"]
             assert row.updated_at == pytest.approx(NOW - 2 * DAY)
@@ -133,7 +137,8 @@ def test_sync_migrates_fetches_and_publishes_then_has_nothing_to_do(services):
     log_size = len(stats.log)
     second = sync(env)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert [entry.path.split("/")[3] for entry in stats.log[log_size:]] == ["broken"]
+    # The canary now is requests (60,000 a month); then the one stale package.
+    assert [entry.path.split("/")[3] for entry in stats.log[log_size:]] == ["requests", "broken"]
     assert published(hub).loc["broken", "last_month"] == 120
     assert len(hub.commits(REPO)) == commits_before + 2
 

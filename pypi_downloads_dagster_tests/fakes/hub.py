@@ -17,6 +17,9 @@ Usage::
     hub.files("tester/pypi-downloads")            # {path: bytes} at main
     hub.commits("tester/pypi-downloads")          # [Commit, ...], oldest first
     hub.fail_next("GET", "/resolve/main/dataset.parquet", 500)
+    hub.fail_next("HEAD", "/resolve/", "drop")     # close the connection without an answer
+    hub.go_offline_after("GET", "/api/datasets/") # answer it, then refuse every connection
+    hub.add_token("hf_other", user="someone")     # a second account: sees no private repo of tester's
 
 Routes (anything else: 404 JSON error, a warning in the log and an entry in `hub.unhandled`):
 
@@ -35,7 +38,13 @@ Routes (anything else: 404 JSON error, a warning in the log and an entry in `hub
 Deliberate simplifications, so nobody relies on them: dataset repos only; commits go to existing
 branches only (no pull requests, tags or branch creation); LFS files are served by the resolve
 route itself, where the real Hub answers 302 to a CDN (the client handles both); the upload mode
-follows size and NUL bytes only, not `.gitattributes`; reads of public repos never check tokens.
+follows size and NUL bytes only, not `.gitattributes`; reads of public repos never check tokens;
+any valid token may create a repo in any namespace and write to any repo it can see.
+
+Accounts: every token belongs to a user (`token` to "tester", more with `add_token`). A private repo
+is seen only by its owner's tokens: to anyone else it is 404 "Repository not found" on every route
+(repo_info, tree, resolve, commit), as on the Hub, while creating it again is still 409 "already
+created".
 """
 
 from __future__ import annotations
@@ -163,6 +172,7 @@ class _Repo:
     repo_id: str
     private: bool
     created_at: datetime
+    owner: str = USER  # the user whose tokens see the repo when it is private
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit oid
     # LFS content uploaded to this repo (sha256 -> bytes), committed or not yet.
@@ -193,7 +203,7 @@ class _PendingUpload:
 class _Fault:
     method: str
     path_contains: str
-    status: int
+    status: int | str  # an HTTP status, or DROP
     remaining: int
     body: Any
     headers: dict[str, str]
@@ -226,6 +236,8 @@ class _Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection without answering
+    go_offline: bool = False  # stop accepting connections, then send this answer and close
 
 
 def _json(
@@ -287,6 +299,8 @@ def _check_path(path: Any) -> str:
 # The fake
 # --------------------------------------------------------------------------------------------
 
+DROP = "drop"  # a `fail_next` status: close the connection without answering (a crashed proxy)
+
 _REPO = r"(?P<ns>[^/]+)/(?P<name>[^/]+?)"
 _REV = r"(?P<rev>[^/]+)"  # the client quotes revisions with safe="", so a branch "a/b" arrives as a%2Fb
 
@@ -302,12 +316,15 @@ class FakeHub:
         self, token: str | None = None, *, lfs_threshold: int = LFS_THRESHOLD, tree_page_size: int = TREE_PAGE_SIZE
     ):
         self.token = token
+        self._tokens: dict[str, str] = {token: USER} if token is not None else {}  # token -> user
         self.lfs_threshold = lfs_threshold
         self.tree_page_size = tree_page_size
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
         self._uploads: dict[str, _PendingUpload] = {}
         self._faults: list[_Fault] = []
+        self._offline_triggers: list[tuple[str, str]] = []
+        self._servers: list[LocalServer] = []
         self._requests: list[tuple[str, str]] = []
         self._unhandled: list[tuple[str, str]] = []
         self._oid_counter = itertools.count()
@@ -331,22 +348,31 @@ class FakeHub:
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> LocalServer:
         """Start an HTTP server for this hub and return it (`.url`, `.stop()`); use it as a
         context manager to stop it at the end. Several servers may share one hub."""
-        return _StartedServer(_HubHandler, app=self, host=host, port=port).start()
+        server = _StartedServer(_HubHandler, app=self, host=host, port=port).start()
+        with self._lock:
+            self._servers.append(server)  # for go_offline_after
+        return server
 
     # ---- helpers for tests: seeding and inspection ----------------------------------------
 
     def create_dataset_repo(
-        self, repo_id: str, files: Mapping[str, bytes | str] | None = None, *, private: bool = False
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | str] | None = None,
+        *,
+        private: bool = False,
+        owner: str = USER,
     ) -> str:
         """Create a dataset repo (initial commit with `.gitattributes`, as the Hub does) and, when
-        `files` is given, add them in one more commit (binary or large ones as LFS). Returns the head."""
+        `files` is given, add them in one more commit (binary or large ones as LFS). Returns the head.
+        A private repo is seen only by the tokens of `owner`."""
         ns, _, name = repo_id.partition("/")
         if not (_NAME_RE.fullmatch(ns) and _NAME_RE.fullmatch(name)):
             raise ValueError(f"repo_id must look like 'namespace/name', got {repo_id!r}")
         with self._lock:
             if repo_id in self._repos:
                 raise ValueError(f"repo {repo_id} exists already")
-            self._new_repo(repo_id, private)
+            self._new_repo(repo_id, private, owner)
             if files:
                 self.commit(repo_id, files, summary="Add files")
             return self.head(repo_id)
@@ -374,6 +400,13 @@ class FakeHub:
                     repo.lfs_objects[hashlib.sha256(data).hexdigest()] = data
                 blobs[_check_path(path)] = Blob(data, lfs)
             return self._add_commit(repo, branch, blobs, summary, "").oid
+
+    def add_token(self, token: str, user: str) -> None:
+        """Accept `token` as belonging to `user` (another account than the main token's, say)."""
+        if self.token is None:
+            raise ValueError("a FakeHub without a token checks no tokens at all")
+        with self._lock:
+            self._tokens[token] = user
 
     def repo_exists(self, repo_id: str) -> bool:
         with self._lock:
@@ -426,17 +459,29 @@ class FakeHub:
     ) -> None:
         """Answer the next `times` requests with `method` ("*" for any) whose path contains
         `path_contains` with `status`, before any other check (like a failing proxy or backend).
-        `body`: None for the Hub's JSON error shape, a dict/list for JSON, str/bytes for raw text.
+        `status` DROP ("drop") closes the connection without answering instead.
+        `body`: None for the Hub's JSON error shape, a dict/list for JSON, str/bytes for raw text
+        (status 200 with a text body: a page without the Hub's headers, like a captive portal).
         Mind the client's own retries: it retries 5xx on preupload, LFS and tree calls (after
         1, 2, 4... seconds), and hf_hub_download repeats a HEAD that got a 5xx."""
         if times < 1:
             raise ValueError("times must be >= 1")
+        if not isinstance(status, int) and status != DROP:
+            raise ValueError(f"status must be an HTTP status or {DROP!r}")
         with self._lock:
             self._faults.append(_Fault(method.upper(), path_contains, status, times, body, dict(headers or {})))
+
+    def go_offline_after(self, method: str, path_contains: str) -> None:
+        """Answer the next request with `method` ("*" for any) whose path contains `path_contains`
+        as usual, then refuse every connection to every server of this hub (the port is closed
+        before the answer goes out, so the client's next request gets "connection refused")."""
+        with self._lock:
+            self._offline_triggers.append((method.upper(), path_contains))
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._offline_triggers.clear()
 
     def _take_fault(self, req: _Request) -> _Response | None:
         for fault in self._faults:
@@ -444,6 +489,8 @@ class FakeHub:
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     self._faults.remove(fault)
+                if fault.status == DROP:
+                    return _Response(0, drop=True)
                 if fault.body is None:
                     return _error(fault.status, f"Injected fault: {fault.status}", headers=fault.headers)
                 if isinstance(fault.body, (dict, list)):
@@ -455,6 +502,16 @@ class FakeHub:
     # ---- dispatch --------------------------------------------------------------------------
 
     def handle(self, req: _Request) -> _Response:
+        resp = self._handle(req)
+        with self._lock:
+            for trigger in self._offline_triggers:
+                if trigger[0] in ("*", req.method) and trigger[1] in req.path:
+                    self._offline_triggers.remove(trigger)
+                    resp.go_offline = True
+                    break
+        return resp
+
+    def _handle(self, req: _Request) -> _Response:
         with self._lock:
             self._requests.append((req.method, req.path))
             injected = self._take_fault(req)
@@ -481,8 +538,16 @@ class FakeHub:
                 raise KeyError(f"{repo_id} has no revision {revision!r}")
             return commit
 
-    def _new_repo(self, repo_id: str, private: bool) -> _Repo:
-        repo = _Repo(repo_id=repo_id, private=private, created_at=datetime.now(timezone.utc))
+    def _go_offline(self) -> None:
+        """Close the listening sockets of every server: new connections are refused from now on."""
+        with self._lock:
+            servers = list(self._servers)
+        for server in servers:
+            server.httpd.shutdown()  # returns once the accept loop has stopped (a handler thread may call it)
+            server.httpd.server_close()
+
+    def _new_repo(self, repo_id: str, private: bool, owner: str = USER) -> _Repo:
+        repo = _Repo(repo_id=repo_id, private=private, created_at=datetime.now(timezone.utc), owner=owner)
         self._repos[repo_id] = repo
         self._add_commit(repo, "main", {".gitattributes": Blob(DEFAULT_GITATTRIBUTES, lfs=False)}, "initial commit", "")
         return repo
@@ -512,8 +577,15 @@ class FakeHub:
         repo.branches[branch] = commit.oid
         return commit
 
+    def _user(self, req: _Request) -> str | None:
+        """The user the request's token belongs to (None: no or unknown token)."""
+        if self.token is None:
+            return USER
+        scheme, _, token = (req.headers.get("Authorization") or "").partition(" ")
+        return self._tokens.get(token) if scheme == "Bearer" else None
+
     def _authorized(self, req: _Request) -> bool:
-        return self.token is None or req.headers.get("Authorization") == f"Bearer {self.token}"
+        return self._user(req) is not None
 
     def _require_write(self, req: _Request) -> None:
         if self._authorized(req):
@@ -524,8 +596,8 @@ class FakeHub:
 
     def _repo(self, req: _Request, ns: str, name: str) -> _Repo:
         repo = self._repos.get(f"{ns}/{name}")
-        # Like the Hub, a private repo is "not found" to whoever may not read it.
-        if repo is None or (repo.private and not self._authorized(req)):
+        # Like the Hub, a private repo is "not found" to whoever may not read it, even with a valid token.
+        if repo is None or (repo.private and self._user(req) != repo.owner):
             raise _HubError(404, "Repository not found", "RepoNotFound")
         return repo
 
@@ -552,10 +624,11 @@ class FakeHub:
     # ---- routes: account and repos ---------------------------------------------------------
 
     def _whoami_route(self, req: _Request) -> _Response:
-        if not self._authorized(req):
+        user = self._user(req)
+        if user is None:
             raise _HubError(401, "Invalid credentials in Authorization header")
         return _json(200, {
-            "type": "user", "id": "0" * 24, "name": USER, "fullname": "Test User", "email": None,
+            "type": "user", "id": "0" * 24, "name": user, "fullname": "Test User", "email": None,
             "emailVerified": True, "isPro": False, "orgs": [],
             "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}},
         })
@@ -568,15 +641,18 @@ class FakeHub:
         repo_type = payload.get("type") or "model"
         if repo_type != "dataset":
             raise _HubError(400, f"FakeHub serves dataset repos only, not {repo_type!r}")
-        ns, name = payload.get("organization") or USER, payload.get("name")
+        user = self._user(req) or USER
+        ns, name = payload.get("organization") or user, payload.get("name")
         if not (isinstance(name, str) and _NAME_RE.fullmatch(name) and _NAME_RE.fullmatch(ns)):
             raise _HubError(400, f"Invalid repo name: {ns}/{name}")
         repo_id = f"{ns}/{name}"
         url = f"{req.base_url}/datasets/{repo_id}"
         if repo_id in self._repos:
-            # The client's exist_ok=True relies on the 409; the url comes along like on the Hub.
+            # The client's exist_ok=True relies on the 409; the url comes along like on the Hub. Also
+            # for a private repo this token cannot see: the name is taken all the same.
             raise _HubError(409, "You already created this dataset repo", url=url)
-        self._new_repo(repo_id, private=bool(payload.get("private")) or payload.get("visibility") == "private")
+        private = bool(payload.get("private")) or payload.get("visibility") == "private"
+        self._new_repo(repo_id, private=private, owner=user)
         return _json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _repo_info_route(self, req: _Request, ns: str, name: str, rev: str = "main") -> _Response:
@@ -897,6 +973,13 @@ class _HubHandler(QuietHandler):
         except Exception:  # a bug in the fake: say so loudly rather than hang the client
             logger.exception("FakeHub failed on %s %s", self.command, self.path)
             resp = _error(500, f"FakeHub internal error on {self.command} {split.path}")
+        if resp.drop:
+            self.close_connection = True  # the socket closes with nothing written
+            return
+        if resp.go_offline:
+            # Closed before the answer leaves, so the client's next connection is surely refused.
+            hub._go_offline()
+            resp.headers["Connection"] = "close"
         self.send_body(resp.status, resp.body, resp.content_type, resp.headers)
 
     def _read_request_body(self) -> bytes:

@@ -50,6 +50,11 @@ class _ProxyHandler(QuietHandler):
         if proxy.username is not None and self.headers.get("Proxy-Authorization") != proxy._expected_auth():
             self._error(407, "Proxy Authentication Required", {"Proxy-Authenticate": 'Basic realm="fake-proxy"'})
             return
+        if proxy.override is not None:  # the proxy answers itself (a captive portal, its own error page)
+            status, content_type, page = proxy.override
+            proxy._log(self.command, self.path, status)
+            self.send_body(status, page.encode() if isinstance(page, str) else page, content_type)
+            return
         target = urlsplit(self.path)
         if target.scheme != "http" or not target.hostname:
             self._error(400, "absolute-form http:// URL required")
@@ -74,6 +79,7 @@ class _ProxyHandler(QuietHandler):
             return
         finally:
             conn.close()
+        proxy._log(self.command, self.path, response.status)  # before answering: a client may look at once
         self.send_response_only(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
@@ -87,7 +93,6 @@ class _ProxyHandler(QuietHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(content)
-        proxy._log(self.command, self.path, response.status)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _forward
 
@@ -109,7 +114,9 @@ class FakeProxy(LocalServer):
     """A forward proxy on 127.0.0.1 whose upstream connections come from `source_ip`.
 
     With `username` set, requests need `Proxy-Authorization: Basic ...` (else 407). Set `down = True`
-    to have it close every connection at once. `requests` logs every request it saw.
+    to have it close every connection at once. Set `override = (status, content_type, body)` to have
+    it answer every (authorized) request itself without asking upstream, as a captive portal or a
+    proxy's own error page does (e.g. a 200 HTML page). `requests` logs every request it saw.
     """
 
     def __init__(self, source_ip: str | None = "127.0.0.2", username: str | None = None, password: str | None = None,
@@ -119,6 +126,7 @@ class FakeProxy(LocalServer):
         self.password = password
         self.timeout = timeout
         self.down = False
+        self.override: tuple[int, str, str | bytes] | None = None
         self.lock = threading.Lock()
         self._requests: list[ProxyRequest] = []
         super().__init__(_ProxyHandler, app=self)

@@ -24,6 +24,8 @@ HTML = "text/html; charset=utf-8"
 RATE_LIMIT_BODY = b'<a href="/api/#etiquette">429 RATE LIMIT EXCEEDED</a>'
 # pypistats' own handlers for 500/503; other 5xx come from the front proxy, not the app.
 ERROR_BODIES = {404: b"404", 429: RATE_LIMIT_BODY, 500: b"500", 503: b"503 TEMPORARILY DISABLED"}
+# A 404 page as a CDN or proxy in front of the API sends it: not pypistats' bare `404`.
+FOREIGN_404_BODY = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
 
 
 def server_name(name: str) -> str:
@@ -75,8 +77,8 @@ class _PypistatsHandler(QuietHandler):
         elif fault == "drop":
             stats._log(self.arrived, self.client_address[0], self.path, None)
             self.close_connection = True  # the server closes the socket without a byte of answer
-        elif isinstance(fault, tuple):  # garbage
-            self._answer(stats, 200, fault[1], fault[2])
+        elif isinstance(fault, tuple):  # an answer that is not pypistats' own: (kind, status, body, type)
+            self._answer(stats, fault[1], fault[2], fault[3])
         elif fault is not None:
             self._answer(stats, fault, ERROR_BODIES.get(fault, f"<html><body><h1>{fault}</h1></body></html>".encode()), HTML)
         else:
@@ -137,7 +139,13 @@ class FakePypistats(LocalServer):
                 content_type: str = "text/html") -> None:
         """The next `times` requests for `name` answer 200 with a body that is not the API's JSON."""
         with self.lock:
-            self._faults.setdefault(server_name(name), []).extend([("garbage", body, content_type)] * times)
+            self._faults.setdefault(server_name(name), []).extend([("garbage", 200, body, content_type)] * times)
+
+    def foreign_404(self, name: str, times: int = 1, body: bytes = FOREIGN_404_BODY, content_type: str = HTML) -> None:
+        """The next `times` requests for `name` answer 404 with a page that is not pypistats' bare
+        `404` (a CDN's or proxy's page, as a route change or a broken front end would give)."""
+        with self.lock:
+            self._faults.setdefault(server_name(name), []).extend([("foreign_404", 404, body, content_type)] * times)
 
     def reset_limits(self) -> None:
         with self.lock:
