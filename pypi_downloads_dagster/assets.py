@@ -13,8 +13,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from pypi_downloads_dagster.card import markdown_table, render_dataset_card
-from pypi_downloads_dagster.charts import render_charts
+from pypi_downloads_dagster.card import card_without_front_matter, markdown_table, render_dataset_card, utc_time
+from pypi_downloads_dagster.charts import chart_thumbnails_markdown, render_charts
 from pypi_downloads_dagster.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
 from pypi_downloads_dagster.dataset import choose_canary, merge_dataset, newest_fetches, plan_stale
 from pypi_downloads_dagster.fetch_store import FetchStore
@@ -26,10 +26,13 @@ from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, rece
 from pypi_downloads_dagster.publish import Publication, publish_snapshot
 from pypi_downloads_dagster.pypistats import BrokenClock, WrongStatsEndpoint, check_canary, counts_day_start, fetch_many
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
-from pypi_downloads_dagster.schema import DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
+from pypi_downloads_dagster.schema import COLUMN_DOCS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
 GROUP = "pypi_downloads"
 PREVIEW_ROWS = 10
+DATASET_TABLE_SCHEMA = dg.TableSchema(
+    columns=[dg.TableColumn(name, kind, description=doc) for name, (kind, doc) in COLUMN_DOCS.items()]
+)
 
 
 class IndexConfig(dg.Config):
@@ -104,7 +107,18 @@ def _plan_canary(instance: dg.DagsterInstance) -> str:
 
 
 def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
-    return dg.MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS)) if len(frame) else "(no rows)")
+    head = frame.head(PREVIEW_ROWS)
+    if "updated_at" in head.columns:  # Unix seconds in the file; a person reads UTC time
+        head = head.assign(updated_at=head["updated_at"].map(utc_time))
+    return dg.MetadataValue.md(markdown_table(head) if len(frame) else "(no rows)")
+
+
+def _row_count(frame: pd.DataFrame, dataset_schema: bool = False) -> dict:
+    """Dagster's standard metadata: the UI shows row counts and, for the dataset, its columns."""
+    metadata = {"dagster/row_count": dg.MetadataValue.int(len(frame))}
+    if dataset_schema:
+        metadata["dagster/column_schema"] = DATASET_TABLE_SCHEMA
+    return metadata
 
 
 def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -116,7 +130,7 @@ def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
     }
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, kinds={"pandas"})
 def pypi_index(context: dg.AssetExecutionContext, config: IndexConfig, index_source: PypiIndexSource) -> dg.Output[pd.DataFrame]:
     """Every project on the PyPI simple index (PEP 691 JSON, PEP 503 HTML as fallback): display
     name, normalized name and project URL. Invalid names are dropped and counted."""
@@ -132,12 +146,13 @@ def pypi_index(context: dg.AssetExecutionContext, config: IndexConfig, index_sou
             "duplicate_names_dropped": index.duplicates,
             "format": index.format,
             "last_serial": index.last_serial if index.last_serial is not None else -1,
+            **_row_count(index.projects),
             "preview": _preview(index.projects),
         },
     )
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, kinds={"pandas", "huggingface"})
 def existing_dataset(dataset_repo: DatasetRepoResource) -> dg.Output[ExistingDataset]:
     """The dataset as currently published (dataset.parquet, else the older dataset.csv), migrated to
     the current schema. Empty only when the repo or both files do not exist; any other failure
@@ -151,12 +166,13 @@ def existing_dataset(dataset_repo: DatasetRepoResource) -> dg.Output[ExistingDat
             **_status_counts(existing.frame),
             "source": f"{repo.description}: {existing.source or 'no dataset file yet'}",
             "revision": existing.revision or "none (repo does not exist yet)",
+            **_row_count(existing.frame, dataset_schema=True),
             "preview": _preview(existing.frame),
         },
     )
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, kinds={"pandas"})
 def stale_packages(
     context: dg.AssetExecutionContext,
     config: PlanConfig,
@@ -206,6 +222,7 @@ def stale_packages(
             "older_chunk_keys_removed": len(removed),
             "unpublished_chunks_counted_as_fetched": len(pending),
             "chunk_keys": dg.MetadataValue.json(keys),
+            **_row_count(plan),
             "preview": _preview(plan),
         },
     )
@@ -213,6 +230,7 @@ def stale_packages(
 
 @dg.asset(
     group_name=GROUP,
+    kinds={"pandas"},
     partitions_def=recent_stats_chunks,
     pool=PYPISTATS_POOL,
     check_specs=[dg.AssetCheckSpec("every_package_answered", asset="recent_stats", description="No package failed after retries.")],
@@ -326,13 +344,13 @@ PUBLISH_CHECKS = [
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "merged_dataset", group_name=GROUP, deps=["pypi_index", recent_stats],
+            "merged_dataset", group_name=GROUP, deps=["pypi_index", recent_stats], kinds={"pandas", "parquet"},
             description="The new dataset: one row per project on the index, sorted by name, the newest fetched counts "
             "of every stored recent_stats chunk applied over the rows of the repo head it is published on.",
         ),
-        dg.AssetSpec("charts", group_name=GROUP, deps=["merged_dataset"], description="download_distribution.png and top_packages.png, rendered from merged_dataset."),
+        dg.AssetSpec("charts", group_name=GROUP, deps=["merged_dataset"], kinds={"matplotlib"}, description="download_distribution.png and top_packages.png, rendered from merged_dataset."),
         dg.AssetSpec(
-            "hf_dataset_card", group_name=GROUP, deps=["merged_dataset", "charts"],
+            "hf_dataset_card", group_name=GROUP, deps=["merged_dataset", "charts"], kinds={"huggingface"},
             description="The dataset card (README.md), published with dataset.parquet and the charts in one commit on top of the head they were built on.",
         ),
     ],
@@ -396,29 +414,44 @@ def publish(
             "fetches_superseded": stats.superseded,
             "untrusted_times_replaced": stats.untrusted_times_replaced,
             **{f"guard: {figure.name}": dg.MetadataValue.text(figure.describe()) for figure in publication.figures},
+            **_row_count(frame, dataset_schema=True),
             "preview": _preview(frame),
         },
     )
     images = {name: data for name, data in publication.files.items() if name.endswith(".png")}
     yield dg.MaterializeResult(
-        asset_key="charts", metadata={f"{name} bytes": len(data) for name, data in images.items()}
+        asset_key="charts",
+        metadata={
+            # Small inline copies: the UI shows them in the event; the full size is linked on the card.
+            "charts": dg.MetadataValue.md(chart_thumbnails_markdown(images)),
+            **{f"{name} bytes": len(data) for name, data in images.items()},
+        },
     )
-    commit_meta = dg.MetadataValue.url(outcome.commit) if outcome.commit and outcome.commit.startswith("http") else (outcome.commit or "none")
+    commit = outcome.commit if outcome.committed else _last_commit(context.instance)
+    commit_meta = dg.MetadataValue.url(commit) if commit and commit.startswith("http") else (commit or "none")
     links = "\n".join(f"- [{name}]({repo.file_link(name)})" for name in publication.files)
     yield dg.MaterializeResult(
         asset_key="hf_dataset_card",
         metadata={
             **counts,
             "committed": outcome.committed,
-            "commit": commit_meta,
+            "last_commit": commit_meta,
             "changed_files": dg.MetadataValue.json(list(outcome.changed_files)),
             "fetched_chunks_cleared": len(removed),
             "destination": repo.description,
             "dataset_parquet_bytes": len(publication.files[DATASET_FILE]),
             "files": dg.MetadataValue.md(links),
-            "card": dg.MetadataValue.md(publication.files["README.md"].decode()),
+            "card": dg.MetadataValue.md(card_without_front_matter(publication.files["README.md"].decode())),
         },
     )
+
+
+def _last_commit(instance: dg.DagsterInstance) -> Optional[str]:
+    """The commit of the last publish that changed something (a no-op publish keeps showing it)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("hf_dataset_card"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    value = metadata.get("last_commit")
+    return str(value.value) if value is not None and value.value != "none" else None
 
 
 def _refresh_status(context: dg.AssetExecutionContext) -> str:

@@ -227,7 +227,7 @@ def _sample(frame: pd.DataFrame) -> str:
             markdown_cell(row.url),
             *(format_number(getattr(row, c)) for c in COUNT_COLUMNS),
             markdown_cell(row.status),
-            _utc(row.updated_at),
+            utc_time(row.updated_at),
         )
         for row in sample.itertuples(index=False)
     ]
@@ -240,7 +240,7 @@ def _top(frame: pd.DataFrame) -> str:
     if top.empty:
         return heading + "_No download counts yet._"
     rows = [
-        (str(rank), markdown_cell(row.name), *(format_number(getattr(row, c)) for c in COUNT_COLUMNS), _utc(row.updated_at))
+        (str(rank), markdown_cell(row.name), *(format_number(getattr(row, c)) for c in COUNT_COLUMNS), utc_time(row.updated_at))
         for rank, row in enumerate(top.itertuples(index=False), start=1)
     ]
     return heading + _table(["#", "name", *COUNT_COLUMNS, "updated_at (UTC)"], rows, align="rlrrrl")
@@ -332,7 +332,11 @@ def _table(header: list[str], rows, align: str | None = None) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-def _utc(seconds: float) -> str:
-    if seconds is None or not np.isfinite(seconds):
+def utc_time(seconds: float) -> str:
+    """Unix seconds as a UTC time a person reads; `—` for null, the raw value when it is no real time."""
+    if seconds is None or seconds is pd.NA or np.isnan(seconds):
         return "—"
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):  # inf, or beyond year 9999
+        return f"{seconds} (not a valid time)"

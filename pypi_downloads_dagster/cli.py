@@ -28,10 +28,17 @@ def _instance() -> dg.DagsterInstance:
         home = Path(DEFAULT_DAGSTER_HOME).resolve()
         home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(home)
-        shipped = Path("dagster.yaml")  # in the project's checkout, as README.md sets it up
-        if shipped.is_file() and not (home / "dagster.yaml").exists():
+        # The shipped instance config, deploy/dagster.yaml in the project's checkout: beside this
+        # package (an editable install, as README.md sets it up), else under the current folder.
+        candidates = [Path(__file__).resolve().parents[1], Path.cwd()]
+        shipped = next((p / "deploy" / "dagster.yaml" for p in candidates if (p / "deploy" / "dagster.yaml").is_file()), None)
+        if (home / "dagster.yaml").exists():
+            _say(f"DAGSTER_HOME is not set; using {home}")
+        elif shipped is not None:
             shutil.copy(shipped, home / "dagster.yaml")
-        _say(f"DAGSTER_HOME is not set; using {home}")
+            _say(f"DAGSTER_HOME is not set; using {home} (instance config copied from {shipped})")
+        else:
+            _say(f"DAGSTER_HOME is not set; using {home} (no deploy/dagster.yaml found: Dagster's default instance)")
     return dg.DagsterInstance.get()
 
 
@@ -123,7 +130,7 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
         _say(f"summary: FAILED to publish; {len(plan_frame)} planned, {fetched} {elapsed}")
         return 1
     card = _materialization_metadata(publish, "hf_dataset_card")
-    outcome = f"published {card.get('commit')}" if card.get("committed") else "dataset already up to date, nothing committed"
+    outcome = f"published {card.get('last_commit')}" if card.get("committed") else "dataset already up to date, nothing committed"
     status = 0
     if failed_chunks:
         outcome += f"; {len(failed_chunks)} chunk runs FAILED ({', '.join(failed_chunks[:5])}), their packages stay stale"

@@ -9,58 +9,37 @@ import dagster as dg
 
 from pypi_downloads_dagster import assets
 from pypi_downloads_dagster.jobs import daily_refresh_schedule, fetch_chunk_job, plan_job, publish_job
-from pypi_downloads_dagster.resources import (
-    DEFAULT_INDEX_URL,
-    DEFAULT_LOCAL_DIR,
-    DatasetRepoResource,
-    ProxyPool,
-    PypiIndexSource,
-    PypistatsApi,
-)
-from pypi_downloads_dagster.pypistats import DEFAULT_API_URL
+from pypi_downloads_dagster.resources import DatasetRepoResource, ProxyPool, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.sensors import CycleSettings, build_cycle_sensor
-
-
-def _number(env: Mapping[str, str], name: str, default: float):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
+from pypi_downloads_dagster.settings import read_settings
 
 
 def _secret(env: Mapping[str, str], name: str):
     """Secrets go in as EnvVar so Dagster resolves them at launch and never shows the value."""
-    return dg.EnvVar(name) if env.get(name) else None
+    return dg.EnvVar(name) if env.get(name, "").strip() else None
 
 
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict:
-    """The resources, configured from the environment variables listed in README.md. This is the
-    one place where the environment is read."""
+    """The resources, configured from the environment variables listed in README.md (read and
+    checked by `settings.read_settings`; a bad one raises SettingsError naming it)."""
+    settings = read_settings(env)
     proxy_pool = ProxyPool(urls=_secret(env, "PP_URL") or "")
     return {
-        "index_source": PypiIndexSource(url=env.get("PYPI_INDEX_URL") or DEFAULT_INDEX_URL, proxy_pool=proxy_pool),
+        "proxy_pool": proxy_pool,
+        "index_source": PypiIndexSource(url=settings.index_url, proxy_pool=proxy_pool),
         "pypistats": PypistatsApi(
-            url=env.get("PYPISTATS_API_URL") or DEFAULT_API_URL,
-            max_per_second=_number(env, "PYPISTATS_MAX_PER_SECOND", 5.0),
-            max_per_minute=_number(env, "PYPISTATS_MAX_PER_MINUTE", 30.0),
+            url=settings.stats_url,
+            max_per_second=settings.max_per_second,
+            max_per_minute=settings.max_per_minute,
             proxy_pool=proxy_pool,
         ),
         "dataset_repo": DatasetRepoResource(
-            repo_id=env.get("HF_REPO_ID") or None,
+            repo_id=settings.hf_repo_id,
             token=_secret(env, "HF_TOKEN"),
-            endpoint=env.get("HF_ENDPOINT") or None,
-            local_dir=env.get("PYPI_DOWNLOADS_DIR") or DEFAULT_LOCAL_DIR,
+            endpoint=settings.hf_endpoint,
+            local_dir=settings.local_dir,
         ),
-        "cycle": CycleSettings(
-            deploy_span_seconds=_number(env, "PYPI_DOWNLOADS_DEPLOY_SPAN", 300),
-            max_chunk_attempts=int(_number(env, "PYPI_DOWNLOADS_CHUNK_ATTEMPTS", 3)),
-        ),
+        "cycle": CycleSettings(deploy_span_seconds=settings.deploy_span_seconds, max_chunk_attempts=settings.chunk_attempts),
     }
 
 
@@ -69,7 +48,7 @@ def build_definitions(env: Mapping[str, str] = os.environ) -> dg.Definitions:
         assets=dg.load_assets_from_modules([assets]),
         jobs=[plan_job, fetch_chunk_job, publish_job],
         schedules=[daily_refresh_schedule],
-        sensors=[build_cycle_sensor(int(_number(env, "PYPI_DOWNLOADS_SENSOR_INTERVAL", 30)))],
+        sensors=[build_cycle_sensor(read_settings(env).sensor_interval_seconds)],
         resources=resources_from_env(env),
         # Each run's steps in its own process: no process per step, and a killed run is one process.
         executor=dg.in_process_executor,
