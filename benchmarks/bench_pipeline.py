@@ -4,7 +4,7 @@
 
 Prints wall time and peak Python memory (tracemalloc, in a second call) for: parsing the PEP 691 JSON index and the
 PEP 503 HTML index, reading the existing dataset (old float CSV and Parquet), planning, merging 50
-fetched chunks, writing the Parquet file, and reading and clearing a fetch store of every chunk.
+fetched chunks, preparing a publication (guards and checks), writing the Parquet file, and reading and clearing a fetch store of every chunk.
 """
 
 import argparse
@@ -18,8 +18,11 @@ import pandas as pd
 
 from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
 from pypi_downloads_dagster.fetch_store import FetchStore
+from pypi_downloads_dagster.guards import PublishGuards
+from pypi_downloads_dagster.hub import ExistingDataset
+from pypi_downloads_dagster.publish import prepare_publication
 from pypi_downloads_dagster.pypi_index import build_project_index, parse_index_html, parse_index_json
-from pypi_downloads_dagster.schema import dataset_to_parquet, normalize_name, read_dataset_file
+from pypi_downloads_dagster.schema import DATASET_FILE, dataset_to_parquet, normalize_name, read_dataset_file
 
 
 def measure(label, fn, *, repeatable=True):
@@ -62,7 +65,7 @@ def main():
     measure("parse PEP 503 HTML index (pyquery)", lambda: parse_index_html(html_body))
     projects = measure("validate + normalize index", lambda: build_project_index(parsed, fmt="json")).projects
 
-    now = 1_800_000_000.0
+    now = time.time()  # fetch times must not be ahead of the clock (they would be set aside)
     month = rng.pareto(1.2, n) * 10
     known = rng.random(n) < 0.9
     old = pd.DataFrame(
@@ -98,6 +101,13 @@ def main():
         )
     merged, stats = measure("merge 50 fetched chunks", lambda: merge_dataset(existing, projects, newest_fetches(chunks)))
     print(f"{'':<44} {stats}")
+    # What a publish adds on top of the merge: guard figures, integrity checks, the high-water mark.
+    snapshot = ExistingDataset(existing, "rev", DATASET_FILE)
+    publication = measure(
+        "prepare publication (merge, guards, checks)",
+        lambda: prepare_publication(snapshot, projects, newest_fetches(chunks), PublishGuards()),
+    )
+    print(f"{'':<44} refusal: {publication.refusal or 'none'}")
 
     # The fetch store at its largest: every planned chunk fetched and not yet published.
     with tempfile.TemporaryDirectory() as folder:

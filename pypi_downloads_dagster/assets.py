@@ -19,12 +19,22 @@ from pypi_downloads_dagster.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
 from pypi_downloads_dagster.dataset import choose_canary, merge_dataset, newest_fetches, plan_stale
 from pypi_downloads_dagster.fetch_store import FetchStore
 from pypi_downloads_dagster.guards import IndexTooShort, PublishGuards, PublishRefused, check_index_length
-from pypi_downloads_dagster.http import HttpError
+from pypi_downloads_dagster.http import HttpError, ServiceDown
 from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
 from pypi_downloads_dagster.pypi_index import IndexFormatError
 from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, recent_stats_chunks, rotate_chunk_keys
 from pypi_downloads_dagster.publish import Publication, publish_snapshot
-from pypi_downloads_dagster.pypistats import BrokenClock, WrongStatsEndpoint, check_canary, counts_day_start, fetch_many
+from pypi_downloads_dagster.pypistats import (
+    BrokenClock,
+    FetchProgress,
+    FetchStopped,
+    WrongStatsEndpoint,
+    check_canary,
+    counts_day_start,
+    describe_progress,
+    fetch_many,
+)
+from pypi_downloads_dagster.run_control import report_progress, stop_requested
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.schema import COLUMN_DOCS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
@@ -92,7 +102,7 @@ def failing_clearly():
 
 def fetch_store(context) -> FetchStore:
     """Fetched chunks awaiting publication, kept in the Dagster instance's storage folder."""
-    return FetchStore(Path(context.instance.storage_directory()) / "recent_stats_chunks")
+    return FetchStore.in_storage(context.instance.storage_directory())
 
 
 def pacing_file(context) -> Path:
@@ -256,7 +266,10 @@ def recent_stats(
         # A project the published dataset knows to have counts: if the API does not know it, the
         # URL or a proxy is wrong, and every 404 would wrongly record `empty`.
         with failing_clearly():
-            check_canary(client, pypistats.url, canary)
+            try:
+                check_canary(client, pypistats.url, canary)
+            except HttpError as exc:  # a project it must know cannot be fetched: so can no other
+                raise ServiceDown(f"the stats API did not answer for {canary}: {exc}") from None
     store = fetch_store(context)
     # A re-run the same day asks only for what it has not got: the rest cannot have changed.
     already = store.fetched_since(key, counts_day_start(time.time()))
@@ -268,14 +281,21 @@ def recent_stats(
     started = time.monotonic()
     last_report = [started]
 
-    def progress(done: int, total: int, failed: int) -> None:
+    def progress(status: FetchProgress) -> None:
+        report_progress(key, status)  # a bar in `sync`; nothing under the daemon
         now = time.monotonic()
-        if done == total or now - last_report[0] >= 30:
+        if status.done == status.total or now - last_report[0] >= 30:
             last_report[0] = now
-            context.log.info(f"chunk {key}: {done}/{total} packages answered, {failed} failed so far")
+            context.log.info(f"chunk {key}: {describe_progress(status, now)}")
 
-    with store.journal(key) as record:
-        result = fetch_many(client, pypistats.url, names, on_progress=progress, on_result=record)
+    with store.journal(key) as record, failing_clearly():
+        try:
+            result = fetch_many(client, pypistats.url, names, on_status=progress, on_result=record, stop=stop_requested)
+        except FetchStopped as stopped:
+            raise dg.Failure(
+                f"chunk {key}: stopped when told; {len(stopped.result.fetched)} answers of this run are journaled "
+                f"and kept, {len(stopped.not_asked)} packages not asked (a re-run asks only for those)"
+            ) from None
     seconds = time.monotonic() - started
     failed_sample = dict(list(result.failed.items())[:20])
     if len(result.fetched) == 0 and result.failed and not already:

@@ -6,14 +6,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
-from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG
+from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG, stops_the_cycle
+from pypi_downloads_dagster.fetch_store import FetchStore
+from pypi_downloads_dagster.http import Pacing
+from pypi_downloads_dagster.pypistats import FetchProgress, format_duration
+from pypi_downloads_dagster.run_control import add_progress_listener, remove_progress_listener, stop_requested
+from pypi_downloads_dagster.settings import SettingsError, read_settings
 
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -70,8 +77,106 @@ def run_failure(result) -> str:
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+class StopSignals:
+    """The first SIGINT or SIGTERM stops the whole cycle: no request starts after it (the running
+    chunk's answers are journaled), no further run starts, nothing is published. A second one
+    exits at once.
+
+    Dagster replaces the main thread's handlers during a run (and maps SIGTERM onto SIGINT), so
+    which signal came is read from the wakeup fd, where Python writes every signal's number
+    whatever handler runs; a thread of ours reads it and sets `stop_requested`."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+
+    def __enter__(self) -> "StopSignals":
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self._previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self._previous_handlers = {signum: signal.signal(signum, self._interrupt) for signum in self.SIGNALS}
+        threading.Thread(target=self._watch, args=(read_end,), name="stop-signals", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+
+    @staticmethod
+    def _interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt  # between runs; inside a run, Dagster's own handler interrupts the step
+
+    def _watch(self, read_end: int) -> None:
+        while True:
+            signum = os.read(read_end, 1)[0]
+            if signum not in self.SIGNALS:
+                continue
+            if self.received is not None:
+                _say(f"{signal.Signals(signum).name} again: exiting now")
+                os._exit(128 + signum)
+            self.received = signum
+            stop_requested.set()
+            _say(f"{signal.Signals(signum).name}: stopping; the running chunk keeps what it got, nothing more starts")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.received or 0)
+
+
+class ChunkProgress:
+    """A progress bar per chunk on a terminal (tqdm); elsewhere the runs' own log lines say it."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, key: str, status: FetchProgress) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=status.total, desc=f"[sync] chunk {key}", unit="pkg", dynamic_ncols=True)
+        self.bar.n = status.done
+        postfix = {"failed": status.failed}
+        if status.last_error:
+            postfix["last error"] = status.last_error[:60]
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _plan_eta(packages: int, settings) -> str:
+    per_egress = 1 / Pacing(settings.max_per_second, settings.max_per_minute).interval
+    return format_duration(packages / (per_egress * settings.egresses))
+
+
 def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: float, max_row_loss_share: float) -> int:
     """Run plan, chunks and publish; return the process exit status."""
+    settings = read_settings(os.environ)
+    with StopSignals() as signals:
+        try:
+            return _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row_loss_share)
+        except KeyboardInterrupt:  # the stop arrived between two runs
+            pass
+        return _stopped(signals, "before the next step")
+
+
+def _stopped(signals: StopSignals, where: str, kept: str = "every answer received") -> int:
+    _say(
+        f"summary: STOPPED by {signal.Signals(signals.received).name} {where}; {kept} is journaled in DAGSTER_HOME "
+        "and used by the next sync or publish; nothing published"
+    )
+    return signals.exit_status
+
+
+def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row_loss_share) -> int:
     instance = _instance()
     from pypi_downloads_dagster.definitions import defs
 
@@ -87,6 +192,8 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
         run_config={**QUIET_LOGS, "ops": {"stale_packages": {"config": plan_config}}},
         raise_on_error=False,
     )
+    if signals.received:
+        return _stopped(signals, "while planning")
     if not plan.success:
         _say(f"plan run {plan.run_id} failed: {run_failure(plan)}")
         _say("summary: FAILED at planning; nothing fetched, nothing published")
@@ -95,27 +202,50 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     plan_id = _materialization_metadata(plan, "stale_packages")["plan_id"]
     plan_frame = plan.output_for_node("stale_packages")
     keys = list(dict.fromkeys(plan_frame["chunk"]))
-    _say(f"index: {index_meta.get('projects', '?')} projects; plan: {len(plan_frame)} stale packages in {len(keys)} chunks")
+    _say(
+        f"index: {index_meta.get('projects', '?')} projects; plan {plan_id}: {len(plan_frame)} stale packages in "
+        f"{len(keys)} chunks, about {_plan_eta(len(plan_frame), settings)} at "
+        f"{settings.max_per_minute:g}/min over {settings.egresses} egress(es)"
+    )
+    if keys:
+        _say(
+            f"chunk keys {keys[0]} .. {keys[-1]} (all in the chunk_keys metadata of stale_packages); one alone: "
+            f"""dagster job execute -m pypi_downloads_dagster.definitions -j fetch_chunk --tags '{{"dagster/partition": "{keys[0]}"}}'"""
+        )
 
     totals = {"valid": 0, "empty": 0, "failed": 0}
     failed_chunks = []
     chunk_job = defs.resolve_job_def("fetch_chunk")
-    for number, key in enumerate(keys, start=1):
-        chunk_started = time.monotonic()
-        result = chunk_job.execute_in_process(
-            instance=instance, partition_key=key, run_config=QUIET_LOGS, raise_on_error=False
-        )
-        if not result.success:
-            failed_chunks.append(key)
-            _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {run_failure(result)}")
-            continue
-        meta = _materialization_metadata(result, "recent_stats")
-        for name in totals:
-            totals[name] += int(meta.get(name, 0))
-        _say(
-            f"chunk {number}/{len(keys)} {key}: {meta.get('valid', 0)} valid, {meta.get('empty', 0)} empty, "
-            f"{meta.get('failed', 0)} failed ({time.monotonic() - chunk_started:.1f}s)"
-        )
+    bar = ChunkProgress(enabled=sys.stdout.isatty())
+    add_progress_listener(bar)
+    try:
+        for number, key in enumerate(keys, start=1):
+            chunk_started = time.monotonic()
+            result = chunk_job.execute_in_process(
+                instance=instance, partition_key=key, run_config=QUIET_LOGS, raise_on_error=False
+            )
+            bar.close()
+            if signals.received:
+                kept = len(FetchStore.in_storage(instance.storage_directory()).read(key))
+                return _stopped(signals, f"during chunk {number}/{len(keys)} {key}", f"{kept} answers of that chunk")
+            if not result.success:
+                failed_chunks.append(key)
+                failure = run_failure(result)
+                _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {failure}")
+                if stops_the_cycle(failure):
+                    _say(f"not starting the {len(keys) - number} chunks left: they would fail the same way")
+                    break
+                continue
+            meta = _materialization_metadata(result, "recent_stats")
+            for name in totals:
+                totals[name] += int(meta.get(name, 0))
+            _say(
+                f"chunk {number}/{len(keys)} {key}: {meta.get('valid', 0)} valid, {meta.get('empty', 0)} empty, "
+                f"{meta.get('failed', 0)} failed ({time.monotonic() - chunk_started:.1f}s)"
+            )
+    finally:
+        remove_progress_listener(bar)
+        bar.close()
 
     publish = defs.resolve_job_def("publish_dataset").execute_in_process(
         instance=instance,
@@ -123,6 +253,8 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
         tags={PLAN_TAG: plan_id, PUBLISH_TAG: FINAL},
         raise_on_error=False,
     )
+    if signals.received and not publish.success:
+        return _stopped(signals, "while publishing")
     fetched = f"fetched {totals['valid']} valid, {totals['empty']} empty, {totals['failed']} failed"
     elapsed = f"in {time.monotonic() - started:.0f}s"
     if not publish.success:
@@ -139,15 +271,47 @@ def sync(*, max_packages: Optional[int], chunk_size: int, stale_after_days: floa
     return status
 
 
+DESCRIPTION = """Keep a public dataset of PyPI download counts (last day, week and month per project,
+from pypistats.org) and publish it to a Hugging Face dataset repo (or a local folder).
+
+`sync` runs one whole cycle as real Dagster runs in the instance at DAGSTER_HOME: it plans the
+stale packages, fetches them chunk by chunk, then publishes dataset.parquet, the card and the
+charts in one commit. Ctrl-C (or SIGTERM) stops it: what was fetched is kept for the next run,
+nothing is published."""
+
+ENVIRONMENT = """environment (see README.md):
+  DAGSTER_HOME           the Dagster instance (runs, plans, fetched chunks); default ./.dagster_home
+  PYPI_INDEX_URL         the simple index (default https://pypi.org/simple/)
+  PYPISTATS_API_URL      the pypistats API (default https://pypistats.org/api)
+  PYPISTATS_MAX_PER_SECOND, PYPISTATS_MAX_PER_MINUTE   pacing per egress (default 5 and 30)
+  PYPISTATS_DOWN_AFTER   seconds every egress may fail in a row before a chunk gives up (default 60)
+  PP_URL                 proxy pool, comma-separated http://user:pass@host:port (secret)
+  HF_REPO_ID, HF_TOKEN, HF_ENDPOINT   the Hub dataset repo 'namespace/name', its token (secret), endpoint
+  PYPI_DOWNLOADS_DIR     the local folder used when HF_REPO_ID is unset (default ./data/dataset)
+
+exit status: 0 published or already up to date; 1 a run failed or the publish was refused;
+2 a bad option or setting; 130/143 stopped by SIGINT/SIGTERM."""
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pypi-downloads-dagster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pypi-downloads-dagster", description=DESCRIPTION, epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    sync_parser = commands.add_parser("sync", help="run one whole cycle: plan, fetch every chunk, publish")
-    sync_parser.add_argument("--max-packages", type=int, default=None, help="plan at most N stale packages")
-    sync_parser.add_argument("--chunk-size", type=int, default=1000, help="packages per chunk (default 1000)")
-    sync_parser.add_argument("--stale-after-days", type=float, default=30, help="refetch rows older than this (default 30)")
+    sync_parser = commands.add_parser(
+        "sync", help="run one whole cycle: plan, fetch every chunk, publish", description=DESCRIPTION, epilog=ENVIRONMENT,
+        formatter_class=_HelpFormatter,
+    )
     sync_parser.add_argument(
-        "--max-row-loss-share", type=float, default=0.05, help="fail the plan when the index, and refuse the publish when the dataset, has fewer rows than the published one by more than this share (0-1, default 0.05)"
+        "--max-packages", type=int, default=None, metavar="N",
+        help="plan at most N stale packages; start with 200 (None: what the egresses fetch in a day)",
+    )
+    sync_parser.add_argument("--chunk-size", type=int, default=1000, metavar="N", help="packages per chunk")
+    sync_parser.add_argument("--stale-after-days", type=float, default=30, metavar="D", help="refetch rows older than this")
+    sync_parser.add_argument(
+        "--max-row-loss-share", type=float, default=0.05, metavar="S",
+        help="fail the plan when the index, and refuse the publish when the dataset, has fewer rows than the published one by more than this share (0 to 1)",
     )
     args = parser.parse_args(argv)
     if args.chunk_size < 1:
@@ -158,12 +322,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--max-row-loss-share must be a share between 0 and 1")
     if not 0 < args.stale_after_days < float("inf"):
         parser.error("--stale-after-days must be a positive number of days")
+    home = os.environ.get("DAGSTER_HOME")
+    if home and not Path(home).is_dir():
+        parser.error(f"DAGSTER_HOME {home!r} is not a folder: create it (and copy deploy/dagster.yaml into it)")
+    try:
+        read_settings(os.environ)
+    except SettingsError as exc:
+        parser.error(str(exc))
     return sync(
         max_packages=args.max_packages,
         chunk_size=args.chunk_size,
         stale_after_days=args.stale_after_days,
         max_row_loss_share=args.max_row_loss_share,
     )
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's lines and shows every option's default."""
 
 
 if __name__ == "__main__":

@@ -20,6 +20,15 @@ PLAN_TAG = "pypi_downloads/plan"
 PUBLISH_TAG = "pypi_downloads/publish"
 CHUNKS_DONE_TAG = "pypi_downloads/chunks_done"
 
+#: Chunk failures that concern every chunk (the stats API is down or wrong, the clock is broken):
+#: running the next chunk would only fail the same way, so a cycle stops there.
+CYCLE_STOPPING_FAILURES = ("ServiceDown", "WrongStatsEndpoint", "BrokenClock")
+
+
+def stops_the_cycle(failure: str) -> bool:
+    """Whether a chunk run's failure message (`ErrorName: ...`, as the assets word it) stops the cycle."""
+    return any(f"{name}:" in failure for name in CYCLE_STOPPING_FAILURES)
+
 
 @dataclasses.dataclass(frozen=True)
 class ChunkState:

@@ -31,6 +31,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict:
             url=settings.stats_url,
             max_per_second=settings.max_per_second,
             max_per_minute=settings.max_per_minute,
+            down_after=settings.down_after_seconds,
             proxy_pool=proxy_pool,
         ),
         "dataset_repo": DatasetRepoResource(

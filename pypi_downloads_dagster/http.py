@@ -8,6 +8,10 @@
 - *Retries* (tenacity) cover 429, 5xx, connection errors, timeouts, bodies cut short and answers
   the caller's `validate` rejects (`BadAnswer`: a portal's or proxy's page); each retry leaves
   through another egress when there is one. Other statuses go back to the caller to interpret.
+- A *breaker* keeps, per egress, the streak of "the world is down" failures (connection errors,
+  timeouts, 5xx, rejected answers) until its next good answer. A failing egress gets one request at
+  a time, after a backoff, so the others carry the work and it is noticed when it comes back; once
+  every egress has been failing for `RetryPolicy.down_after`, every call raises `ServiceDown`.
 - Proxy credentials never appear in labels, logs or errors: egresses are named by host and port.
 """
 
@@ -20,7 +24,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +54,28 @@ class HttpError(RuntimeError):
     def __init__(self, message: str, *, status: Optional[int] = None):
         super().__init__(message)
         self.status = status
+
+
+class ServiceDown(HttpError):
+    """Every egress has been failing (connection errors, timeouts, 5xx, answers `validate`
+    refused) without one good answer for at least `RetryPolicy.down_after` seconds: the service or
+    the way to it is down. From then on every call of the client, in flight or new, raises it
+    promptly; a client that went down stays down (make a new client to try again).
+
+    The message (safe to log) says how long every egress has been failing and names the last
+    error: URL without credentials, egress by its label. `last_error` holds that error alone and
+    `failing_for` the seconds every egress had been failing when the client went down.
+    """
+
+    def __init__(self, message: str, *, last_error: str = "", failing_for: float = 0.0):  # defaults: picklable
+        super().__init__(message)
+        self.last_error = last_error
+        self.failing_for = failing_for
+
+
+class RequestStopped(Exception):
+    """`get` found its `stop` event set before an attempt: nothing more was sent. Not an HttpError:
+    the request did not fail, it was not made."""
 
 
 class BadAnswer(Exception):
@@ -104,16 +130,18 @@ def parse_proxy_pool(value: Optional[str]) -> list[Egress]:
     if not urls:
         return [DIRECT]
     egresses = []
+    # Errors name the entry by position only: any part of it may be a secret.
+    expected = "is not a proxy URL like http://user:pass@host:port (percent-encode '#', '/', '?' and '@' in the user and password)"
     for position, url in enumerate(urls, start=1):
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"PP_URL entry {position} ({redact_url(url)!r}) is not a proxy URL like http://user:pass@host:port"
-            )
+        # A path, query or fragment means a reserved character split the URL (a '#' in a password):
+        # the host read from it would be wrong, and a label built from it could show the password.
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"PP_URL entry {position} {expected}")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:  # a port that is not a number
-            raise ValueError(f"PP_URL entry {position} ({redact_url(url)!r}) has an invalid port") from exc
+        except ValueError:  # a port that is not a number
+            raise ValueError(f"PP_URL entry {position} has a port that is not a number; it {expected}") from None
         egresses.append(Egress(f"proxy-{position} {parts.hostname}:{port}", url))
     return egresses
 
@@ -146,6 +174,10 @@ class RetryPolicy:
     #: How long an egress rests after a 429. pypistats sends no Retry-After and counts in fixed
     #: windows of up to a minute: asking again at once would only be refused again.
     rate_limited_wait: float = 10.0
+    #: Seconds every egress must have been failing (connection errors, timeouts, 5xx, rejected
+    #: answers; not 429 nor 404), without one good answer, before the client raises ServiceDown
+    #: instead of retrying on. `math.inf`: never.
+    down_after: float = 60.0
 
 
 class _Slots:
@@ -192,11 +224,19 @@ class _Slots:
                 handle.truncate()
                 handle.write(json.dumps(schedule))
 
-    def reserve(self, avoid: Optional[Egress] = None) -> tuple[Egress, float]:
+    def reserve(
+        self, avoid: Optional[Egress] = None, *, among: Optional[Sequence[Egress]] = None, first: Collection[Egress] = ()
+    ) -> tuple[Egress, float]:
+        """Book the earliest slot over `among` (default: every egress), not on `avoid` when another
+        is left; of slots free as soon, one of `first` wins, then the egress idle the longest."""
         with self._booking() as schedule:
             now = self._clock()
-            candidates = [e for e in self._egresses if e != avoid] or self._egresses
-            egress = min(candidates, key=lambda e: schedule.get(e.label, 0.0))
+            pool = list(among) if among is not None else self._egresses
+            candidates = [e for e in pool if e != avoid] or pool
+            egress = min(
+                candidates,
+                key=lambda e: (max(now, schedule.get(e.label, 0.0)), e not in first, schedule.get(e.label, 0.0)),
+            )
             start = max(now, schedule.get(egress.label, 0.0))
             if self._pacing is not None:
                 schedule[egress.label] = start + self._pacing.interval
@@ -206,6 +246,80 @@ class _Slots:
         """Keep `egress` idle for `seconds` (after a 429: the server's window is still full)."""
         with self._booking() as schedule:
             schedule[egress.label] = max(schedule.get(egress.label, 0.0), self._clock() + seconds)
+
+
+#: Longest a waiting worker sleeps before it looks again at the breaker and at its stop event.
+_POLL = 0.05
+
+
+class _Breaker:
+    """Per-egress streaks of failures of the "the world is down" kind (thread-safe).
+
+    An egress is *failing* from its first failure until its next good answer. A failing egress gets
+    at most one request at a time (a probe), so a dead one never holds more than one worker and is
+    noticed when it comes back. The client is *down* once every egress has been failing for
+    `down_after` seconds; that lasts.
+    """
+
+    def __init__(self, egresses: Sequence[Egress], down_after: float):
+        # Notified when a probe ends, an egress answers well, or the client goes down.
+        self.changed = threading.Condition()
+        self._egresses = list(dict.fromkeys(egresses))  # an egress listed twice is still one way out
+        self._down_after = down_after
+        self._since: dict[Egress, float] = {}  # monotonic time of the first failure of the streak
+        self._streak: dict[Egress, int] = {}
+        self._probing: set[Egress] = set()
+        self._last_error = ""
+        self._down: Optional[tuple[str, float]] = None  # (message, failing_for) once down
+
+    def check(self) -> None:
+        """Raise ServiceDown when the client is down (or has just been failing long enough)."""
+        with self.changed:
+            if self._down is None and len(self._since) == len(self._egresses):
+                failing_for = time.monotonic() - max(self._since.values())
+                if failing_for >= self._down_after:
+                    message = (
+                        f"every egress ({len(self._egresses)}) has been failing for {failing_for:.1f}s or more "
+                        f"without a good answer (down_after={self._down_after:g}s); last error: {self._last_error}"
+                    )
+                    self._down = (message, failing_for)
+                    self.changed.notify_all()
+            if self._down is not None:
+                # A new exception per raise: one instance raised in many threads would mix tracebacks.
+                raise ServiceDown(self._down[0], last_error=self._last_error, failing_for=self._down[1])
+
+    def usable(self) -> tuple[list[Egress], list[Egress]]:
+        """(egresses that may take a request now, the failing ones among them: free to probe)."""
+        with self.changed:
+            probes = [e for e in self._egresses if e in self._since and e not in self._probing]
+            return [e for e in self._egresses if e not in self._since or e in probes], probes
+
+    def start_probe(self, egress: Egress) -> bool:
+        """Mark a request to a failing `egress` in flight; False when it is not failing."""
+        with self.changed:
+            if egress not in self._since:
+                return False
+            self._probing.add(egress)
+            return True
+
+    def end_probe(self, egress: Egress) -> None:
+        with self.changed:
+            self._probing.discard(egress)
+            self.changed.notify_all()
+
+    def failed(self, egress: Egress, error: str) -> int:
+        """Count a failure on `egress` (`error` is safe to log); returns the length of its streak."""
+        with self.changed:
+            self._since.setdefault(egress, time.monotonic())
+            self._streak[egress] = self._streak.get(egress, 0) + 1
+            self._last_error = error
+            return self._streak[egress]
+
+    def answered(self, egress: Egress) -> None:
+        with self.changed:
+            if self._since.pop(egress, None) is not None:
+                self._streak.pop(egress, None)
+                self.changed.notify_all()
 
 
 class HttpClient:
@@ -223,8 +337,10 @@ class HttpClient:
         user_agent: str = USER_AGENT,
         shared_pacing_file: Optional[Path] = None,
         clock: Optional[Callable[[], float]] = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Optional[Callable[[float], None]] = None,
     ):
+        """`sleep` None (the default) waits in short steps that notice at once a client gone down
+        or a `stop` set; a given `sleep` is used as is and both are looked at after it."""
         if not egresses:
             raise ValueError("at least one egress is needed")
         self.egresses = list(egresses)
@@ -235,6 +351,7 @@ class HttpClient:
         self._clock = clock or (time.time if shared_pacing_file else time.monotonic)
         self._sleep = sleep
         self._slots = _Slots(self.egresses, pacing, self._clock, shared_pacing_file)
+        self._breaker = _Breaker(self.egresses, retry.down_after)
         self._local = threading.local()
 
     def _session(self, egress: Egress) -> requests.Session:
@@ -252,12 +369,57 @@ class HttpClient:
             sessions[egress] = session
         return session
 
+    def _halt_check(self, stop: Optional[threading.Event]) -> None:
+        """Raise ServiceDown when the client is down, RequestStopped when `stop` is set."""
+        self._breaker.check()
+        if stop is not None and stop.is_set():
+            raise RequestStopped("stopped before sending")
+
+    def _pause(self, seconds: float, stop: Optional[threading.Event]) -> None:
+        """Wait `seconds`, but raise as soon as the client goes down or `stop` is set."""
+        if self._sleep is not None:
+            if seconds > 0:
+                self._sleep(seconds)
+            self._halt_check(stop)
+            return
+        deadline = time.monotonic() + seconds
+        with self._breaker.changed:
+            while True:
+                self._halt_check(stop)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._breaker.changed.wait(min(remaining, _POLL))
+
+    def _claim(self, avoid: Optional[Egress], stop: Optional[threading.Event]) -> tuple[Egress, float, bool]:
+        """Book a slot: (egress, when it may leave, whether it is a probe of a failing egress).
+
+        A failing egress is a candidate only when no probe of it is in flight; its backoff lives in
+        the schedule, so it wins only once that has passed. With every egress failing and probed,
+        wait for a probe to end (or the client to go down).
+        """
+        with self._breaker.changed:
+            while True:
+                self._halt_check(stop)
+                usable, probes = self._breaker.usable()
+                if usable:
+                    egress, start = self._slots.reserve(avoid, among=usable, first=probes)
+                    return egress, start, self._breaker.start_probe(egress)
+                self._breaker.changed.wait(_POLL)
+
+    def _failed(self, egress: Egress, error: str) -> None:
+        """A failure of the "the world is down" kind: the egress rests a backoff that doubles per
+        failure in a row, so a dead one is only probed now and then."""
+        streak = self._breaker.failed(egress, error)
+        self._slots.cool_down(egress, min(self.retry.max_wait, self.retry.initial_wait * 2 ** min(streak - 1, 30)))
+
     def get(
         self,
         url: str,
         *,
         headers: Optional[dict] = None,
         validate: Optional[Callable[[requests.Response], None]] = None,
+        stop: Optional[threading.Event] = None,
     ) -> requests.Response:
         """GET `url`, retrying retryable failures; returns the final response for any other status.
 
@@ -269,39 +431,52 @@ class HttpClient:
         Raises `HttpError` when every attempt failed; its message is safe to log. After a last
         answer `validate` refused, the message holds the BadAnswer's text and the egress, and
         `status` is that answer's status (the BadAnswer is the `__cause__`).
+
+        Raises `ServiceDown` (an HttpError) as soon as every egress has been failing for
+        `RetryPolicy.down_after`, even while waiting to retry. When `stop` is set, no further attempt
+        starts and `RequestStopped` is raised; an attempt already sent finishes (within the timeout).
         """
         state = {"avoid": None, "egress": None}
+        where = redact_url(url)
 
         def attempt() -> requests.Response:
-            egress, start = self._slots.reserve(avoid=state["avoid"])
+            egress, start, probe = self._claim(state["avoid"], stop)
             state["egress"] = egress
-            delay = start - self._clock()
-            if delay > 0:
-                self._sleep(delay)
             try:
-                response = self._session(egress).get(url, headers=headers, timeout=self.retry.timeout)
-                _ = response.content  # read the whole body now: a cut-off body is retryable
-            except requests.RequestException:
-                state["avoid"] = egress
-                raise
-            if response.status_code in RETRYABLE_STATUSES:
-                state["avoid"] = egress
-                if response.status_code == 429:
-                    self._slots.cool_down(egress, self.retry.rate_limited_wait)
-                raise _RetryableResponse(response, egress)
-            if validate is not None:
+                self._pause(start - self._clock(), stop)
                 try:
-                    validate(response)
-                except BadAnswer as exc:
-                    state["avoid"] = egress  # most likely that egress's page, not the server's answer
-                    raise _RejectedResponse(response, egress, str(exc)) from exc
-            return response
+                    response = self._session(egress).get(url, headers=headers, timeout=self.retry.timeout)
+                    _ = response.content  # read the whole body now: a cut-off body is retryable
+                except requests.RequestException as exc:
+                    state["avoid"] = egress
+                    self._failed(egress, f"GET {where}: {_describe(exc)} via {egress.label}")
+                    raise
+                if response.status_code in RETRYABLE_STATUSES:
+                    state["avoid"] = egress
+                    if response.status_code == 429:  # the rate limit, not an outage: the egress rests
+                        self._slots.cool_down(egress, self.retry.rate_limited_wait)
+                    elif response.status_code >= 500 or response.status_code == 408:
+                        self._failed(egress, f"GET {where}: HTTP {response.status_code} via {egress.label}")
+                    raise _RetryableResponse(response, egress)
+                if validate is not None:
+                    try:
+                        validate(response)
+                    except BadAnswer as exc:
+                        state["avoid"] = egress  # most likely that egress's page, not the server's answer
+                        reason = _USERINFO.sub("***@", str(exc))[:300]
+                        self._failed(egress, f"GET {where}: HTTP {response.status_code} rejected: {reason} via {egress.label}")
+                        raise _RejectedResponse(response, egress, str(exc)) from exc
+                self._breaker.answered(egress)
+                return response
+            finally:
+                if probe:
+                    self._breaker.end_probe(egress)
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry.attempts),
             wait=tenacity.wait_exponential_jitter(initial=self.retry.initial_wait, max=self.retry.max_wait),
             retry=tenacity.retry_if_exception_type((requests.RequestException, _RetryableResponse)),
-            sleep=self._sleep,
+            sleep=lambda seconds: self._pause(seconds, stop),
             reraise=True,
         )
         try:

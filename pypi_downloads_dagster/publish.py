@@ -25,7 +25,7 @@ from pypi_downloads_dagster.guards import (
     next_baseline,
 )
 from pypi_downloads_dagster.hub import DatasetRepo, ExistingDataset, PublishConflict, read_existing_dataset
-from pypi_downloads_dagster.schema import DATASET_FILE, LEGACY_DATASET_FILE
+from pypi_downloads_dagster.schema import DATASET_FILE, LEGACY_DATASET_FILE, normalize_names
 
 #: Reads and merges again after a conflicting commit before the publish gives up.
 PUBLISH_ATTEMPTS = 3
@@ -70,8 +70,11 @@ def prepare_publication(
 ) -> Publication:
     """The new dataset on top of `existing` (pure: no I/O), with its figures and checks."""
     frame, stats = merge_dataset(existing.frame, projects, fetched, now=now)
-    figures = guard_figures(existing.frame, frame, guards, existing.baseline)
-    checks = integrity_checks(frame, projects, changed_rows(existing.frame, frame))
+    # Normalized once per frame for every figure and check below.
+    published = existing.frame.assign(normalized=normalize_names(existing.frame["name"]))
+    keyed = frame.assign(normalized=normalize_names(frame["name"]))
+    figures = guard_figures(published, keyed, guards, existing.baseline)
+    checks = integrity_checks(keyed, projects, changed_rows(published, keyed))
     return Publication(existing, frame, stats, figures, checks, next_baseline(existing.baseline, existing.frame, frame))
 
 

@@ -8,14 +8,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 from urllib.parse import quote
 
 import pandas as pd
 import requests
 
-from pypi_downloads_dagster.http import BadAnswer, HttpClient, HttpError
+from pypi_downloads_dagster.http import BadAnswer, HttpClient, HttpError, RequestStopped, ServiceDown
 from pypi_downloads_dagster.schema import COUNT_COLUMNS, EARLIEST_UPDATED_AT, MAX_COUNT, STATUS_EMPTY, STATUS_VALID, normalize_name
 
 DEFAULT_API_URL = "https://pypistats.org/api"
@@ -54,6 +53,19 @@ class WrongStatsEndpoint(RuntimeError):
     the route through the proxies is wrong, so every answer of this run would be wrong."""
 
 
+class FetchStopped(RuntimeError):
+    """`fetch_many` was stopped (its `stop` event set) before every project was asked for.
+
+    Every answer received before went to `on_result`; `result` holds them and the failures, and
+    `not_asked` counts the projects never asked for. Fail the chunk with it: a re-run the same day
+    asks only for what is missing."""
+
+    def __init__(self, message: str, *, result: Optional["FetchResult"] = None, not_asked: int = 0):  # defaults: picklable
+        super().__init__(message)
+        self.result = result
+        self.not_asked = not_asked
+
+
 class BrokenClock(RuntimeError):
     """The machine's clock reads a time before pypistats existed: fetch times would be wrong."""
 
@@ -84,6 +96,25 @@ class FetchResult:
     @property
     def empty(self) -> int:
         return int((self.fetched["status"] == STATUS_EMPTY).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchProgress:
+    """Where a `fetch_many` stands, given to its `on_status` after each project.
+
+    `answered` projects got an answer (valid or empty), `failed` ones still failed after retries;
+    `last_error` is the latest failure's reason (safe to log), None before any; `started_monotonic`
+    is `time.monotonic()` when the fetch started."""
+
+    answered: int
+    failed: int
+    total: int
+    last_error: Optional[str]
+    started_monotonic: float
+
+    @property
+    def done(self) -> int:
+        return self.answered + self.failed
 
 
 def recent_url(api_url: str, name: str) -> str:
@@ -121,13 +152,21 @@ def check_fetch_time(fetched_at: float, normalized: str) -> None:
         )
 
 
-def fetch_recent(client: HttpClient, api_url: str, name: str, *, clock: Callable[[], float] = time.time) -> RecentCounts:
+def fetch_recent(
+    client: HttpClient,
+    api_url: str,
+    name: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    stop: Optional[threading.Event] = None,
+) -> RecentCounts:
     """Counts for one project (asked for, and recorded, by normalized name). Only pypistats' own
     unknown-package answer (404, body `404`) means it has no data (`'empty'`). A 200 that is not
     the API's document, or any other 404 (a proxy's or CDN's page), is retried through another
     egress; anything that is still not a good answer raises HttpError (after the client's
     retries), so the project's row stays as it was. Raises BrokenClock when `clock` reads a time
-    before pypistats existed."""
+    before pypistats existed; ServiceDown when the client is down; RequestStopped when `stop` was
+    set before the request was sent."""
     normalized = normalize_name(name)
 
     def validate(response: requests.Response) -> None:
@@ -139,7 +178,7 @@ def fetch_recent(client: HttpClient, api_url: str, name: str, *, clock: Callable
                 f"(body {response.content[:80]!r}): a proxy's or CDN's page, or the API's route changed"
             )
 
-    response = client.get(recent_url(api_url, name), headers={"Accept": "application/json"}, validate=validate)
+    response = client.get(recent_url(api_url, name), headers={"Accept": "application/json"}, validate=validate, stop=stop)
     fetched_at = clock()
     check_fetch_time(fetched_at, normalized)
     if response.status_code == 404:
@@ -169,6 +208,28 @@ def check_canary(client: HttpClient, api_url: str, name: str, *, clock: Callable
     return counts
 
 
+#: Longest the thread calling fetch_many waits before it looks at the `stop` event again.
+_WAIT_STEP = 0.05
+
+
+def format_duration(seconds: float) -> str:
+    """`45 s`, `7 min`, `3 h 20 min`: how long, as a person says it."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def describe_progress(status: "FetchProgress", now: float) -> str:
+    """One line a person reads: done of total, answered and failed apart, rate, ETA, last error."""
+    elapsed = max(now - status.started_monotonic, 1e-9)
+    rate = status.done / elapsed
+    left = status.total - status.done
+    eta = f"about {format_duration(left / rate)} left" if rate > 0 and left else ("done" if not left else "ETA unknown")
+    line = f"{status.done}/{status.total} done ({status.answered} answered, {status.failed} failed), {rate:.2f}/s, {eta}"
+    return f"{line}; last error: {status.last_error}" if status.last_error else line
+
+
 def fetch_many(
     client: HttpClient,
     api_url: str,
@@ -178,33 +239,60 @@ def fetch_many(
     on_progress: Optional[Callable[[int, int, int], None]] = None,
     on_result: Optional[Callable[[RecentCounts], None]] = None,
     clock: Callable[[], float] = time.time,
+    stop: Optional[threading.Event] = None,
+    on_status: Optional[Callable[[FetchProgress], None]] = None,
 ) -> FetchResult:
     """Fetch counts for `names` concurrently; pacing comes from the client.
 
     `workers` defaults to two per egress, enough to keep every egress busy while a request is in
-    flight. `on_result(counts)` is called with each answer as it arrives (to journal it) and
-    `on_progress(done, total, failed)` after each project. Every exception of a worker, or of
-    `on_result` (an answer it refused is not in `fetched`), is recorded against its project; none
-    is dropped. Raises BrokenClock before any request when `clock` reads a time before pypistats
-    existed.
+    flight. `on_result(counts)` is called with each answer as it arrives (to journal it);
+    `on_progress(done, total, failed)` and `on_status(FetchProgress)` (answered and failed apart,
+    the last error) after each project. Every exception of a worker, or of `on_result` (an answer
+    it refused is not in `fetched`), is recorded against its project; none is dropped. Raises
+    BrokenClock before any request when `clock` reads a time before pypistats existed.
+
+    Stopping early (no new request starts; what was never asked is neither fetched nor failed):
+    - the client raises ServiceDown (every egress failing for its `down_after`): once the requests
+      in flight return, ServiceDown is raised; every answer received before went to `on_result`.
+    - `stop` is set (a signal handler, a run termination): likewise, then FetchStopped is raised,
+      holding the partial result. When every project was done anyway, the result is returned.
+    - an exception reaches the calling thread while it waits (KeyboardInterrupt, Dagster's
+      DagsterExecutionInterruptedError): it is re-raised at once, without waiting for the requests
+      in flight; their answers are dropped, never passed to `on_result` after fetch_many left.
     """
     check_fetch_time(clock(), "any project")  # a broken clock would only spend the rate limit
     workers = workers or max(1, 2 * len(client.egresses))
+    total = len(names)
+    started = time.monotonic()
     results: list[RecentCounts] = []
     failed: dict[str, str] = {}
+    last_error: Optional[str] = None
     lock = threading.Lock()
-    done = 0
+    halt = threading.Event()  # no new request: set by `stop`, ServiceDown, or an interrupted caller
+    left = False  # the caller has left: nothing more goes to its callbacks
+    down: list[ServiceDown] = []
+    crashed: list[BaseException] = []
+    queue = iter(names)  # workers take names from it under `lock`: a name never taken is never asked
 
     def one(name: str) -> None:
-        nonlocal done
+        nonlocal last_error
         try:
-            counts = fetch_recent(client, api_url, name, clock=clock)
+            counts = fetch_recent(client, api_url, name, clock=clock, stop=halt)
             error = None
+        except RequestStopped:
+            return  # not asked: neither fetched nor failed
+        except ServiceDown as exc:
+            with lock:
+                down.append(exc)
+            halt.set()
+            return
         except (HttpError, UnexpectedAnswer) as exc:
             counts, error = None, str(exc)
         except Exception as exc:  # a bug must be seen, not lost: record it with its type
             counts, error = None, f"{type(exc).__name__}: {exc}"
         with lock:
+            if left:
+                return
             if counts is not None and on_result:
                 try:
                     on_result(counts)
@@ -214,17 +302,61 @@ def fetch_many(
                 results.append(counts)
             else:
                 failed[normalize_name(name)] = error
-            done += 1
+                last_error = error
             if on_progress:
-                on_progress(done, len(names), len(failed))
+                on_progress(len(results) + len(failed), total, len(failed))
+            if on_status:
+                on_status(FetchProgress(len(results), len(failed), total, last_error, started))
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pypistats") as pool:
-        list(pool.map(one, names))
+    def work() -> None:
+        try:
+            while not halt.is_set():
+                with lock:
+                    name = next(queue, None)
+                if name is None:
+                    return
+                one(name)
+        except BaseException as exc:  # a callback's exception: stop, and raise it in the caller
+            crashed.append(exc)
+            halt.set()
 
+    # Daemon threads: a worker still in a request when the caller is interrupted must not hold up
+    # the process's exit; it sends nothing more and reports to no one.
+    threads = [threading.Thread(target=work, name=f"pypistats-{i}", daemon=True) for i in range(min(workers, total))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(_WAIT_STEP)
+                if stop is not None and stop.is_set():
+                    halt.set()
+    except BaseException:
+        halt.set()
+        with lock:
+            left = True
+        raise
+    if crashed:
+        raise crashed[0]
+
+    result = FetchResult(_fetched_frame(results), failed)
+    if down:
+        raise down[0]
+    if len(results) + len(failed) < total:
+        raise FetchStopped(
+            f"stopped: {len(results)} of {total} packages answered, {len(failed)} failed, "
+            f"{total - len(results) - len(failed)} not asked",
+            result=result,
+            not_asked=total - len(results) - len(failed),
+        )
+    return result
+
+
+def _fetched_frame(results: list[RecentCounts]) -> pd.DataFrame:
+    """FETCHED_COLUMNS rows, sorted by name, with the dataset's column types."""
     fetched = pd.DataFrame([dataclasses.astuple(r) for r in results], columns=list(FETCHED_COLUMNS))
     for column in COUNT_COLUMNS:
         fetched[column] = fetched[column].astype("Int64")
     fetched["updated_at"] = fetched["updated_at"].astype("float64")
     fetched["status"] = fetched["status"].astype(object)
-    fetched = fetched.sort_values("normalized", kind="stable").reset_index(drop=True)
-    return FetchResult(fetched, failed)
+    return fetched.sort_values("normalized", kind="stable").reset_index(drop=True)

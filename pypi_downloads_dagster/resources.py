@@ -34,10 +34,14 @@ class _RetrySettings(dg.ConfigurableResource):
     retry_max_wait: float = Field(default=60.0, description="Longest backoff in seconds.")
     timeout: float = Field(default=60.0, description="Seconds to wait for an answer.")
     rate_limited_wait: float = Field(default=10.0, description="Seconds an egress rests after a 429.")
+    down_after: float = Field(
+        default=60.0, gt=0, description="Give up when every egress has failed this many seconds in a row (the service is down)."
+    )
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
-            self.retry_attempts, self.retry_initial_wait, self.retry_max_wait, self.timeout, self.rate_limited_wait
+            self.retry_attempts, self.retry_initial_wait, self.retry_max_wait, self.timeout, self.rate_limited_wait,
+            down_after=self.down_after,
         )
 
 

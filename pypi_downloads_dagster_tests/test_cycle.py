@@ -7,6 +7,8 @@ import dagster as dg
 
 from pypi_downloads_dagster.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG, ChunkState, PublishState, next_actions
 from pypi_downloads_dagster.definitions import build_definitions
+from pypi_downloads_dagster.http import RetryPolicy
+from pypi_downloads_dagster.resources import _RetrySettings
 from pypi_downloads_dagster.fetch_store import FetchStore
 from pypi_downloads_dagster.partitions import recent_stats_chunks
 from pypi_downloads_dagster.schema import DATASET_FILE, read_dataset_file
@@ -55,7 +57,9 @@ COUNTS = {f"pkg-{i}": (i, 7 * i, 30 * i) for i in range(7)}
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path, monkeypatch):
+    # Retries as the resources build them, with waits scaled down (a failing package costs ms, not 16 s).
+    monkeypatch.setattr(_RetrySettings, "retry_policy", lambda self: RetryPolicy(3, 0.01, 0.02, 5, 0.1, down_after=60))
     with FakeIndex(PROJECTS) as index, FakePypistats(COUNTS, per_second=1000, per_minute=60000) as stats, dg.instance_for_test() as instance:
         env = {
             "PYPI_INDEX_URL": index.index_url,
@@ -194,4 +198,4 @@ def test_a_new_plan_rotates_keys_and_loses_no_fetched_row(world):
     assert (dataset["status"] == "valid").sum() == 7
     requested = [e.path.split("/")[3] for e in stats.log]
     assert len(requested) == len(set(requested)) == 7, "no package requested twice"
-    assert FetchStore(__import__("pathlib").Path(instance.storage_directory()) / "recent_stats_chunks").keys()
+    assert FetchStore.in_storage(instance.storage_directory()).keys()

@@ -1,5 +1,5 @@
 """The daily cycle under the real daemon: `dagster dev` (webserver + daemon) with the shipped
-dagster.yaml in a temporary DAGSTER_HOME, against the local services. One plan is launched through
+deploy/dagster.yaml in a temporary DAGSTER_HOME, against the local services. One plan is launched through
 GraphQL and the daemon alone runs the chunks, checkpoints and the final publish. Then a chunk run is
 killed mid-flight, the next plan starts, and every fetched row is still published, none asked twice."""
 
@@ -54,7 +54,7 @@ def cycle(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     # The shipped instance config, with run monitoring polling faster so the test need not wait.
-    config = (ROOT / "dagster.yaml").read_text().replace("poll_interval_seconds: 20", "poll_interval_seconds: 3")
+    config = (ROOT / "deploy" / "dagster.yaml").read_text().replace("poll_interval_seconds: 20", "poll_interval_seconds: 3")
     (home / "dagster.yaml").write_text(config)
     hub = FakeHub(token=TOKEN)
     with FakeIndex(FIRST) as index, FakePypistats(

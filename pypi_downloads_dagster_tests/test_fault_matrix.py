@@ -93,7 +93,7 @@ class World:
         return read_dataset_file(self.hub.files(REPO)[DATASET_FILE], DATASET_FILE)
 
     def store(self) -> FetchStore:
-        return FetchStore(f"{self.instance.storage_directory()}/recent_stats_chunks")
+        return FetchStore.in_storage(self.instance.storage_directory())
 
 
 @pytest.fixture

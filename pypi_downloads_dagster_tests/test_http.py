@@ -1,12 +1,24 @@
 """The shared HTTP layer and the pypistats client against the local pypistats fake (and proxies)."""
 
+import dataclasses
+import socket
+import threading
 import time
 
 import pytest
 
 import requests
 
-from pypi_downloads_dagster.http import BadAnswer, HttpClient, HttpError, Pacing, RetryPolicy, parse_proxy_pool, redact_url
+from pypi_downloads_dagster.http import (
+    BadAnswer,
+    HttpClient,
+    HttpError,
+    Pacing,
+    RetryPolicy,
+    ServiceDown,
+    parse_proxy_pool,
+    redact_url,
+)
 from pypi_downloads_dagster.pypistats import fetch_many, fetch_recent, recent_url
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
@@ -116,6 +128,96 @@ def test_a_dead_proxy_is_routed_around_and_its_credentials_never_leak():
     assert "s3cret" not in repr(client.egresses) and "s3cret" not in str(client.egresses)
 
 
+def _port_with_nothing_listening() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The breaker's window scaled down: 60 s in production, half a second here.
+BREAKER = RetryPolicy(attempts=6, initial_wait=0.02, max_wait=0.3, timeout=2, rate_limited_wait=0.25, down_after=0.5)
+
+
+def test_an_unreachable_service_raises_service_down_within_the_breaker_window():
+    port = _port_with_nothing_listening()
+    recorded = []
+    started = time.monotonic()
+    with pytest.raises(ServiceDown) as error:
+        fetch_many(HttpClient(retry=BREAKER), f"http://127.0.0.1:{port}/api", [f"pkg-{i}" for i in range(100)], on_result=recorded.append)
+    assert time.monotonic() - started < 2.0  # not 100 packages x 6 attempts
+    message = str(error.value)
+    assert f"GET http://127.0.0.1:{port}/api/packages/" in message and "ConnectionError" in message and "via direct" in message
+    assert "every egress (1) has been failing for" in message and error.value.failing_for >= 0.5
+    assert recorded == [] and isinstance(error.value, HttpError)
+
+
+def test_dead_proxies_bring_the_client_down_naming_their_labels_never_credentials():
+    with FakePypistats(counts(1), per_second=100, per_minute=1000) as stats, FakeProxy(
+        "127.0.0.2", "alice", "s3cret"
+    ) as one, FakeProxy("127.0.0.3", "bob", "t0p") as two:
+        one.down = two.down = True
+        patient = dataclasses.replace(BREAKER, attempts=100)  # the breaker ends it, not the attempts
+        client = HttpClient(parse_proxy_pool(f"{one.proxy_url},{two.proxy_url}"), retry=patient)
+        with pytest.raises(ServiceDown) as error:
+            client.get(f"{stats.api_url}/packages/pkg-0/recent")
+        asked = len(one.requests) + len(two.requests)
+        with pytest.raises(ServiceDown):  # a client that went down stays down, and asks nobody
+            client.get(f"{stats.api_url}/packages/pkg-0/recent")
+        assert len(one.requests) + len(two.requests) == asked
+    message = str(error.value)
+    assert "every egress (2) has been failing" in message and "ProxyError" in message
+    assert "via proxy-1 127.0.0.1:" in message or "via proxy-2 127.0.0.1:" in message
+    assert not any(secret in message for secret in ("s3cret", "t0p", "alice", "bob"))
+
+
+def test_429_and_404_never_trip_the_breaker_5xx_and_rejected_answers_do():
+    at_once = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.02, timeout=5, rate_limited_wait=0.02, down_after=0.0)
+    with FakePypistats(counts(3), per_second=100, per_minute=1000) as stats:
+        client = HttpClient(retry=at_once)
+        stats.fail("pkg-0", [429, 429])
+        assert fetch_recent(client, stats.api_url, "pkg-0").status == "valid"  # the rate limit is no outage
+        assert fetch_recent(client, stats.api_url, "no-such-project").status == "empty"  # nor is an answer
+        stats.fail("pkg-1", [503] * 4)
+        with pytest.raises(ServiceDown, match=r"last error: GET http://127\.0\.0\.1:\d+/api/packages/pkg-1/recent: HTTP 503 via direct"):
+            fetch_recent(client, stats.api_url, "pkg-1")
+        assert len(stats.requests_for("pkg-1")) == 1  # down at once: no more retries
+
+        stats.garbage("pkg-2", times=4)
+        with pytest.raises(ServiceDown, match="HTTP 200 rejected: pkg-2: 200 answer is not a recent-downloads document"):
+            fetch_recent(HttpClient(retry=at_once), stats.api_url, "pkg-2")
+
+
+def test_a_dead_proxy_is_probed_now_and_then_while_the_other_carries_the_work_at_full_pace():
+    with FakePypistats(counts(30), **SCALED) as stats, FakeProxy("127.0.0.2") as dead, FakeProxy("127.0.0.3") as alive:
+        dead.down = True
+        client = HttpClient(parse_proxy_pool(f"{dead.url},{alive.url}"), pacing=SCALED_PACING, retry=BREAKER)
+        started = time.monotonic()
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(30)])
+        elapsed = time.monotonic() - started
+        probes = dead.requests
+    assert result.failed == {} and result.valid == 30
+    assert stats.client_ips() == {"127.0.0.3"} and [r.status for r in stats.log].count(429) == 0
+    # One egress at full pace (29 intervals after the first request), the dead one costing next to nothing.
+    assert elapsed < 30 * SCALED_PACING.interval * 1.25
+    # Probed again and again as its backoff allows (0.02 s doubling to 0.3 s), never hammered.
+    assert 3 <= len(probes) <= 15
+    gaps = [b.time - a.time for a, b in zip(probes, probes[1:])]
+    assert min(gaps) >= SCALED_PACING.interval / 2  # paced like any egress (arrival jitter aside)
+
+
+def test_a_dead_egress_is_used_again_when_it_comes_back():
+    with FakePypistats(counts(40), **SCALED) as stats, FakeProxy("127.0.0.2") as flaky, FakeProxy("127.0.0.3") as alive:
+        flaky.down = True
+        threading.Timer(0.5, lambda: setattr(flaky, "down", False)).start()
+        client = HttpClient(parse_proxy_pool(f"{flaky.url},{alive.url}"), pacing=SCALED_PACING, retry=BREAKER)
+        result = fetch_many(client, stats.api_url, [f"pkg-{i}" for i in range(40)])
+    assert result.failed == {} and result.valid == 40
+    back = [r for r in stats.log if r.client_ip == "127.0.0.2"]
+    assert len(back) >= 5  # noticed within one backoff (at most 0.3 s), then used at its pace again
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        assert stats.max_requests_in_window(ip, 0.25) <= 5
+
+
 PORTAL_PAGE = "<html><body>Please log in to the Wi-Fi</body></html>"
 
 
@@ -189,12 +291,13 @@ def test_pacing_interval_stays_below_both_limits():
         Pacing(0, 30)
 
 
-def _fetch_in_another_process(api_url, names, shared_file):
+def _fetch_in_another_process(api_url, names, shared_file, barrier):
     client = HttpClient(
         pacing=SCALED_PACING,
         retry=RetryPolicy(attempts=1, timeout=5, rate_limited_wait=0.25),
         shared_pacing_file=__import__("pathlib").Path(shared_file) if shared_file else None,
     )
+    barrier.wait(timeout=60)  # start together: processes spawn at different speeds
     return len(fetch_many(client, api_url, names).failed)
 
 
@@ -205,9 +308,13 @@ def test_processes_sharing_a_pacing_file_pace_each_egress_together(tmp_path, sha
     names = [f"pkg-{i}" for i in range(16)]
     with FakePypistats(counts(16), **SCALED) as stats:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(2) as pool:
+        with context.Manager() as manager, context.Pool(2) as pool:
             shared_file = str(tmp_path / "pacing.json") if shared else None
-            failed = pool.starmap(_fetch_in_another_process, [(stats.api_url, names[:8], shared_file), (stats.api_url, names[8:], shared_file)])
+            barrier = manager.Barrier(2)
+            failed = pool.starmap(
+                _fetch_in_another_process,
+                [(stats.api_url, names[:8], shared_file, barrier), (stats.api_url, names[8:], shared_file, barrier)],
+            )
     refused = [r.status for r in stats.log].count(429)
     if shared:
         assert refused == 0 and failed == [0, 0]

@@ -148,3 +148,12 @@ def test_guards_pass_an_unchanged_dataset_and_refuse_losing_more_than_the_share(
         figure = guard_figures(existing, existing.head(keep), guards)[0]
         lost = (len(existing) - keep) / len(existing) if len(existing) else 0
         assert figure.passed == (lost <= share + 1e-12), (keep, len(existing), share)
+
+
+@given(st.lists(project_names, min_size=1, max_size=20), st.integers(0, 5))
+@SETTINGS
+def test_normalize_names_keeps_the_index_of_a_filtered_column(names, skip):
+    column = pd.Series(names, index=range(100, 100 + len(names)))[skip:]
+    normalized = normalize_names(column)
+    assert list(normalized.index) == list(column.index)
+    assert normalized.tolist() == [normalize_name(name) for name in column]

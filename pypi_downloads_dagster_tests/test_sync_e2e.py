@@ -68,7 +68,7 @@ def services(tmp_path):
         )
         (tmp_path / "dagster_home").mkdir()
         # As README.md sets it up: the shipped instance config in DAGSTER_HOME.
-        shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", tmp_path / "dagster_home")
+        shutil.copy(Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml", tmp_path / "dagster_home")
         yield index, stats, hub, env
 
 
