@@ -233,7 +233,8 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
                 failure = run_failure(result)
                 _say(f"chunk {number}/{len(keys)} {key}: run {result.run_id} FAILED: {failure}")
                 if stops_the_cycle(failure):
-                    _say(f"not starting the {len(keys) - number} chunks left: they would fail the same way")
+                    if number < len(keys):
+                        _say(f"not starting the {len(keys) - number} chunks left: they would fail the same way")
                     break
                 continue
             meta = _materialization_metadata(result, "recent_stats")
