@@ -371,6 +371,8 @@ PUBLISH_CHECKS = [
         dg.AssetSpec("charts", group_name=GROUP, deps=["merged_dataset"], kinds={"matplotlib"}, description="download_distribution.png and top_packages.png, rendered from merged_dataset."),
         dg.AssetSpec(
             "hf_dataset_card", group_name=GROUP, deps=["merged_dataset", "charts"], kinds={"huggingface"},
+            # The daily cycle publishes at least once a day (02:00 UTC plan, then the chunks).
+            freshness_policy=dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=50), warn_window=dt.timedelta(hours=26)),
             description="The dataset card (README.md), published with dataset.parquet and the charts in one commit on top of the head they were built on.",
         ),
     ],
