@@ -7,7 +7,9 @@ overwrites a change it has not seen.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import os
@@ -167,6 +169,20 @@ class LocalDatasetRepo:
     def commit(
         self, files: dict[str, bytes], *, parent: Optional[str], message: str, delete: Sequence[str] = ()
     ) -> str:
+        with self._exclusive():
+            return self._commit(files, parent=parent, delete=delete)
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One publisher at a time on this machine, from the head check to the last file: two
+        could otherwise both pass the check and leave a mix of their files. The lock file sits
+        beside the folder, so it is no file of the dataset and no part of its revision."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".{self.path.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+            yield
+
+    def _commit(self, files: dict[str, bytes], *, parent: Optional[str], delete: Sequence[str]) -> str:
         if self.head() != parent:
             raise PublishConflict(f"{self.description} changed since it was read (expected revision {parent}); nothing written")
         self.path.mkdir(parents=True, exist_ok=True)

@@ -323,3 +323,43 @@ def test_credentials_in_the_endpoint_are_never_shown(hub, no_backoff):
     assert not any("mirror-secret" in text or TOKEN in text for text in shown), shown
     # A traceback would show the original errors, URLs and all: not chained.
     assert read_error.value.__cause__ is None and commit_error.value.__cause__ is None
+
+
+def test_two_local_publishers_on_one_parent_never_mix_their_files(tmp_path, monkeypatch):
+    """Issue 7, finding 5: the folder checked the head, then replaced files one by one, so two
+    publishers could both pass the check and leave a mix. Writes are slowed to widen the window."""
+    import os as os_module
+    import threading
+    import time
+
+    import pypi_downloads_dagster.hub as hub_module
+
+    repo = LocalDatasetRepo(tmp_path / "repo")
+    parent = commit_changes(repo, read_existing_dataset(repo), files_for(conform(old_frame())), "first").commit
+    slow_replace = os_module.replace
+
+    def replace(src, dst):
+        time.sleep(0.05)
+        slow_replace(src, dst)
+
+    monkeypatch.setattr(hub_module.os, "replace", replace)
+    start = threading.Barrier(2)
+    outcomes = {}
+
+    def publish(label):
+        files = {"a.txt": label.encode(), "b.txt": label.encode(), "c.txt": label.encode()}
+        start.wait()
+        try:
+            LocalDatasetRepo(tmp_path / "repo").commit(files, parent=parent, message=label)
+            outcomes[label] = "committed"
+        except PublishConflict:
+            outcomes[label] = "conflict"
+
+    threads = [threading.Thread(target=publish, args=(label,)) for label in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == ["committed", "conflict"]
+    winner = next(label for label, outcome in outcomes.items() if outcome == "committed")
+    assert {(tmp_path / "repo" / name).read_text() for name in ("a.txt", "b.txt", "c.txt")} == {winner}
