@@ -291,30 +291,37 @@ def test_pacing_interval_stays_below_both_limits():
         Pacing(0, 30)
 
 
-def _fetch_in_another_process(api_url, names, shared_file, barrier):
-    client = HttpClient(
-        pacing=SCALED_PACING,
-        retry=RetryPolicy(attempts=1, timeout=5, rate_limited_wait=0.25),
-        shared_pacing_file=__import__("pathlib").Path(shared_file) if shared_file else None,
-    )
-    barrier.wait(timeout=60)  # start together: processes spawn at different speeds
-    return len(fetch_many(client, api_url, names).failed)
+_FETCH_IN_ANOTHER_PROCESS = """
+import sys, time
+from pathlib import Path
+from pypi_downloads_dagster.http import HttpClient, Pacing, RetryPolicy
+from pypi_downloads_dagster.pypistats import fetch_many
+api_url, shared_file, start_at, *names = sys.argv[1:]
+client = HttpClient(
+    pacing=Pacing(max_per_second=20, max_per_minute=900),
+    retry=RetryPolicy(attempts=1, timeout=5, rate_limited_wait=0.25),
+    shared_pacing_file=Path(shared_file) if shared_file else None,
+)
+time.sleep(max(0.0, float(start_at) - time.time()))  # start together: interpreters start at different speeds
+print(len(fetch_many(client, api_url, names).failed))
+"""
 
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_processes_sharing_a_pacing_file_pace_each_egress_together(tmp_path, shared):
-    import multiprocessing
+    import subprocess
+    import sys
+    import time
 
     names = [f"pkg-{i}" for i in range(16)]
     with FakePypistats(counts(16), **SCALED) as stats:
-        context = multiprocessing.get_context("spawn")
-        with context.Manager() as manager, context.Pool(2) as pool:
-            shared_file = str(tmp_path / "pacing.json") if shared else None
-            barrier = manager.Barrier(2)
-            failed = pool.starmap(
-                _fetch_in_another_process,
-                [(stats.api_url, names[:8], shared_file, barrier), (stats.api_url, names[8:], shared_file, barrier)],
-            )
+        shared_file = str(tmp_path / "pacing.json") if shared else ""
+        start_at = str(time.time() + 3)  # plain processes, no multiprocessing pool that can hang on exit
+        processes = [
+            subprocess.Popen([sys.executable, "-c", _FETCH_IN_ANOTHER_PROCESS, stats.api_url, shared_file, start_at, *part], stdout=subprocess.PIPE, text=True)
+            for part in (names[:8], names[8:])
+        ]
+        failed = [int(process.communicate(timeout=60)[0].strip().splitlines()[-1]) for process in processes]
     refused = [r.status for r in stats.log].count(429)
     if shared:
         assert refused == 0 and failed == [0, 0]
