@@ -410,7 +410,8 @@ def publish(
         )
     yield from _publication_checks(publication)
     if publication.refusal:
-        raise dg.Failure(description=f"PublishRefused: {publication.refusal}")
+        with failing_clearly():
+            raise PublishRefused(publication.refusal)
 
     outcome, frame, stats = publication.outcome, publication.frame, publication.stats
     if outcome.committed:
