@@ -177,15 +177,22 @@ class FetchStore:
         """
         now = self._clock()
         parts, rejected = [], []
-        if self._path(key).exists():
+        # The journal first, then the file, each opened without an exists() check first: a run that
+        # folds the journal into the file in between replaces the file before it unlinks the
+        # journal, so whatever this read misses in one it finds in the other.
+        try:
+            journaled, bad = _read_journal(self._path(key, JOURNAL), now)
+            parts.append(journaled)
+            rejected += bad
+        except FileNotFoundError:
+            pass
+        try:
             stored = pq.read_table(self._path(key)).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
             stored, bad = _split_frame(stored, now, "file")
             parts.append(stored)
             rejected += bad
-        if self._path(key, JOURNAL).exists():
-            journaled, bad = _read_journal(self._path(key, JOURNAL), now)
-            parts.append(journaled)
-            rejected += bad
+        except FileNotFoundError:
+            pass
         self._set_aside(key, rejected)
         parts = [part for part in parts if len(part)]  # newest_fetches of nothing has no columns
         frame = newest_fetches(parts) if len(parts) > 1 else (parts[0] if parts else _typed(pd.DataFrame(columns=FETCHED_SCHEMA.names)))

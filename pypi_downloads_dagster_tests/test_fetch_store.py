@@ -204,3 +204,32 @@ def test_a_rerun_after_a_killed_run_journals_on_a_new_line(tmp_path):
         record(RecentCounts("c", 4, 5, 6, "valid", T))
     assert sorted(store.read("K")["normalized"]) == ["a", "c"]
     assert [r["line"] for r in rejected_records(tmp_path / "K.rejected.jsonl")] == ['{"normalized": "b", "last_d']
+
+
+def test_a_read_while_another_run_folds_the_journal_misses_nothing(tmp_path, monkeypatch):
+    """Issue 7, finding 4: the store read with exists-then-read, the file before the journal; a run
+    folding its journal into the file in between made those rows vanish from the read (planned
+    again, asked twice). The fold is made to land right after the reader's first read."""
+    import pypi_downloads_dagster.fetch_store as module
+
+    store = at_t(tmp_path)
+    store.write("K", rows(("a", 1, 1, 1, "valid", T)))
+    with store.journal("K") as record:
+        record(RecentCounts("b", 2, 2, 2, "valid", T))
+    folding = {"done": False}
+    real_journal, real_table = module._read_journal, module.pq.read_table
+
+    def then_fold(read):
+        def wrapped(*args, **kwargs):
+            result = read(*args, **kwargs)
+            if not folding["done"]:
+                folding["done"] = True  # the writer's own reads below go straight through
+                at_t(tmp_path).write("K", rows())
+            return result
+
+        return wrapped
+
+    monkeypatch.setattr(module, "_read_journal", then_fold(real_journal))
+    monkeypatch.setattr(module.pq, "read_table", then_fold(real_table))
+    assert sorted(store.read("K")["normalized"]) == ["a", "b"]
+    assert folding["done"] and not (tmp_path / "K.journal.jsonl").exists()
