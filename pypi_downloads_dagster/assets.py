@@ -18,7 +18,7 @@ from pypi_downloads_dagster.charts import chart_thumbnails_markdown, render_char
 from pypi_downloads_dagster.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
 from pypi_downloads_dagster.dataset import choose_canary, merge_dataset, newest_fetches, plan_stale
 from pypi_downloads_dagster.fetch_store import FetchStore
-from pypi_downloads_dagster.guards import IndexTooShort, PublishGuards, PublishRefused, check_index_length
+from pypi_downloads_dagster.guards import CHECK_DESCRIPTIONS, IndexTooShort, PublishGuards, PublishRefused, check_index_length
 from pypi_downloads_dagster.http import HttpError, ServiceDown
 from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
 from pypi_downloads_dagster.pypi_index import IndexFormatError
@@ -352,13 +352,7 @@ def _publication_checks(publication: Publication) -> list[dg.AssetCheckResult]:
 
 
 MERGED = dg.AssetKey("merged_dataset")
-PUBLISH_CHECKS = [
-    dg.AssetCheckSpec("one_row_per_index_project", asset=MERGED, description="One row for each project on the index, none for others."),
-    dg.AssetCheckSpec("unique_normalized_names", asset=MERGED, description="No two rows share a normalized project name."),
-    dg.AssetCheckSpec("counts_match_status", asset=MERGED, description="valid rows have counts; empty and never-fetched rows have none."),
-    dg.AssetCheckSpec("counts_ordered", asset=MERGED, description="last_day <= last_week <= last_month."),
-    dg.AssetCheckSpec("publish_guards", asset=MERGED, description="Rows, rows with counts, monthly total and valid-to-empty against the published dataset."),
-]
+PUBLISH_CHECKS = [dg.AssetCheckSpec(name, asset=MERGED, description=text) for name, text in CHECK_DESCRIPTIONS.items()]
 
 
 @dg.multi_asset(

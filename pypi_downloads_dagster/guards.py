@@ -194,14 +194,24 @@ def check_index_length(index_projects: int, published_rows: int, max_row_loss_sh
 # ---- integrity of the dataset about to be published -------------------------------------------
 
 
+#: Every check on the dataset about to be published, by the name the UI shows.
+CHECK_DESCRIPTIONS = {
+    "one_row_per_index_project": "Exactly one row for each project on the index, and none for projects not on it.",
+    "unique_normalized_names": "No two rows share a normalized project name.",
+    "counts_match_status": "`valid` rows have all three counts; `empty` and never-fetched rows have none; "
+    "status is set exactly when updated_at is.",
+    "counts_ordered": "last_day <= last_week <= last_month on every row with counts.",
+    "publish_guards": "Rows, rows with counts, the total of last_month and rows turned empty, against the published dataset.",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class IntegrityCheck:
     """One check on the dataset about to be published. `violations` count rows this publish
     changes (they block it); `carried` count rows taken over unchanged from the published file
     (reported only: they were published before, and blocking on them would block every publish)."""
 
-    name: str
-    description: str
+    name: str  # a key of CHECK_DESCRIPTIONS
     violations: int
     carried: int = 0
     examples: tuple[str, ...] = ()
@@ -240,17 +250,12 @@ def integrity_checks(frame: pd.DataFrame, index: pd.DataFrame, changed: np.ndarr
     return [
         IntegrityCheck(
             "one_row_per_index_project",
-            "Exactly one row for each project on the index, and none for projects not on it.",
             missing + extra,
             examples=tuple(missing_names.head(5)) + tuple(frame.loc[~listed, "name"].head(5)),
         ),
-        IntegrityCheck("unique_normalized_names", "No two rows share a normalized project name.", *rows(duplicated)),
-        IntegrityCheck(
-            "counts_match_status",
-            "`valid` rows have all three counts; `empty` and never-fetched rows have none; status is set exactly when updated_at is.",
-            *rows(mismatched),
-        ),
-        IntegrityCheck("counts_ordered", "last_day <= last_week <= last_month on every row with counts.", *rows(disordered)),
+        IntegrityCheck("unique_normalized_names", *rows(duplicated)),
+        IntegrityCheck("counts_match_status", *rows(mismatched)),
+        IntegrityCheck("counts_ordered", *rows(disordered)),
     ]
 
 
