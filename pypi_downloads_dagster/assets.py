@@ -22,7 +22,7 @@ from pypi_downloads_dagster.guards import CHECK_DESCRIPTIONS, IndexTooShort, Pub
 from pypi_downloads_dagster.http import HttpError, ServiceDown
 from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
 from pypi_downloads_dagster.pypi_index import IndexFormatError
-from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, recent_stats_chunks, rotate_chunk_keys
+from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, latest_metadata, recent_stats_chunks, rotate_chunk_keys
 from pypi_downloads_dagster.publish import Publication, publish_snapshot
 from pypi_downloads_dagster.pypistats import (
     BrokenClock,
@@ -111,8 +111,7 @@ def pacing_file(context) -> Path:
 
 
 def _plan_canary(instance: dg.DagsterInstance) -> str:
-    event = instance.get_latest_materialization_event(dg.AssetKey("stale_packages"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    metadata, _ = latest_metadata(instance, "stale_packages")
     return metadata["canary"].value if "canary" in metadata else ""
 
 
@@ -465,9 +464,7 @@ def publish(
 
 def _last_commit(instance: dg.DagsterInstance) -> Optional[str]:
     """The commit of the last publish that changed something (a no-op publish keeps showing it)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("hf_dataset_card"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    value = metadata.get("last_commit")
+    value = latest_metadata(instance, "hf_dataset_card")[0].get("last_commit")
     return str(value.value) if value is not None and value.value != "none" else None
 
 

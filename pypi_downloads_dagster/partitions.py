@@ -40,12 +40,17 @@ def rotate_chunk_keys(instance: dg.DagsterInstance, current: list[str]) -> list[
     return removed
 
 
+def latest_metadata(instance: dg.DagsterInstance, asset: str) -> tuple[dict, Optional[float]]:
+    """The metadata of `asset`'s latest materialization and its time ({} and None: never materialized)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return {}, None
+    return dict(event.asset_materialization.metadata), event.timestamp
+
+
 def current_plan(instance: dg.DagsterInstance) -> Optional[tuple[str, list[str], float]]:
     """(plan id, chunk keys, when it was made) of the latest `stale_packages` materialization."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("stale_packages"))
-    if event is None or event.asset_materialization is None:
-        return None
-    metadata = event.asset_materialization.metadata
+    metadata, timestamp = latest_metadata(instance, "stale_packages")
     if "plan_id" not in metadata:
         return None
-    return metadata["plan_id"].value, list(metadata["chunk_keys"].value), event.timestamp
+    return metadata["plan_id"].value, list(metadata["chunk_keys"].value), timestamp
