@@ -5,8 +5,8 @@ wrapper: the work is in the plain modules, the asset reports what happened."""
 
 import contextlib
 import datetime as dt
+import threading
 import time
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -22,7 +22,16 @@ from pypi_downloads_dagster.guards import CHECK_DESCRIPTIONS, IndexTooShort, Pub
 from pypi_downloads_dagster.http import HttpError, ServiceDown
 from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
 from pypi_downloads_dagster.pypi_index import IndexFormatError
-from pypi_downloads_dagster.partitions import PYPISTATS_POOL, current_plan, latest_metadata, recent_stats_chunks, rotate_chunk_keys
+from pypi_downloads_dagster.leases import EgressLeases, Keeper, LeaseTable, chunk_lease, holder_name
+from pypi_downloads_dagster.partitions import (
+    FETCHING_RUNS,
+    PYPISTATS_POOL,
+    current_plan,
+    latest_metadata,
+    leased_chunks,
+    recent_stats_chunks,
+    retire_chunk_keys,
+)
 from pypi_downloads_dagster.publish import Publication, publish_snapshot
 from pypi_downloads_dagster.pypistats import (
     BrokenClock,
@@ -34,7 +43,7 @@ from pypi_downloads_dagster.pypistats import (
     describe_progress,
     fetch_many,
 )
-from pypi_downloads_dagster.run_control import report_progress, stop_requested
+from pypi_downloads_dagster.run_control import AnyOf, report_progress, stop_requested
 from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.schema import COLUMN_DOCS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
@@ -78,6 +87,14 @@ class PublishConfig(dg.Config):
         )
 
 
+class ChunkBusy(RuntimeError):
+    """Another run holds the chunk's lease: it is fetching the chunk now."""
+
+
+class ChunkRetired(RuntimeError):
+    """The chunk's key was removed by a newer plan, which took its packages."""
+
+
 #: Failures with a message that says it all: shown as such in the UI and by `sync`, no traceback hunt.
 EXPECTED_FAILURES = (
     HttpError,
@@ -89,6 +106,8 @@ EXPECTED_FAILURES = (
     PermissionError,
     WrongStatsEndpoint,
     BrokenClock,
+    ChunkBusy,
+    ChunkRetired,
 )
 
 
@@ -103,11 +122,6 @@ def failing_clearly():
 def fetch_store(context) -> FetchStore:
     """Fetched chunks awaiting publication, kept in the Dagster instance's storage folder."""
     return FetchStore.in_storage(context.instance.storage_directory())
-
-
-def pacing_file(context) -> Path:
-    """The per-egress request schedule every run on this instance shares."""
-    return Path(context.instance.storage_directory()) / "pypistats_pacing.json"
 
 
 def _plan_canary(instance: dg.DagsterInstance) -> str:
@@ -197,7 +211,13 @@ def stale_packages(
         check_index_length(len(pypi_index), len(existing_dataset.frame), config.max_row_loss_share)
     started = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
     plan_id = started.strftime("%Y%m%dT%H%M%S")
-    pending = fetch_store(context).read_all()
+    store = fetch_store(context)
+    # Chunks of earlier plans that runs fetch or will fetch (running, queued, leased, in a
+    # backfill) keep their keys and their packages; every other old key goes.
+    removed, kept = retire_chunk_keys(context.instance)
+    store.drop_plans(removed)
+    held = _held_packages(store, kept)
+    pending = store.read_all()
     known, _ = merge_dataset(existing_dataset.frame, pypi_index, newest_fetches(pending.values()), now=started.timestamp())
     stale = plan_stale(
         pypi_index,
@@ -206,17 +226,19 @@ def stale_packages(
         plan_id=plan_id,
         stale_after_days=config.stale_after_days,
         chunk_size=config.chunk_size,
+        held=held,
     )
     # Unless told otherwise, plan one day of work: tomorrow's plan takes over what is left.
     cap = config.max_packages if config.max_packages is not None else pypistats.daily_capacity()
     plan = stale.head(cap)
     keys = list(dict.fromkeys(plan["chunk"]))
-    removed = rotate_chunk_keys(context.instance, keys)
-    egresses = len(pypistats.proxy_pool.egresses())
-    context.instance.event_log_storage.set_concurrency_slots(PYPISTATS_POOL, egresses)
+    for key, names in plan.groupby("chunk", sort=False)["normalized"]:
+        store.save_plan(key, names.tolist())  # before the key exists: a run of it always finds them
+    context.instance.add_dynamic_partitions(recent_stats_chunks.name, keys)
+    context.instance.event_log_storage.set_concurrency_slots(PYPISTATS_POOL, FETCHING_RUNS)
     context.log.info(
-        f"plan {plan_id}: {len(plan)} of {len(stale)} stale packages in {len(keys)} chunks; "
-        f"{len(removed)} older chunk keys removed; pool {PYPISTATS_POOL!r} set to {egresses} slot(s)"
+        f"plan {plan_id}: {len(plan)} of {len(stale)} stale packages in {len(keys)} chunks; {len(removed)} older "
+        f"chunk keys removed; {len(kept)} kept for the runs that fetch them ({len(held)} packages left to them)"
     )
     return dg.Output(
         plan,
@@ -229,6 +251,8 @@ def stale_packages(
             "never_fetched": int(plan["updated_at"].isna().sum()),
             "chunks": len(keys),
             "older_chunk_keys_removed": len(removed),
+            "older_chunk_keys_kept": len(kept),
+            "packages_held_by_older_chunks": len(held),
             "unpublished_chunks_counted_as_fetched": len(pending),
             "chunk_keys": dg.MetadataValue.json(keys),
             **_row_count(plan),
@@ -237,29 +261,70 @@ def stale_packages(
     )
 
 
+def _held_packages(store: FetchStore, keys) -> set[str]:
+    held: set[str] = set()
+    for key in keys:
+        with contextlib.suppress(KeyError):  # a key planned before plans were stored: nothing known
+            held.update(store.planned(key))
+    return held
+
+
+@contextlib.contextmanager
+def chunk_leases(context: dg.AssetExecutionContext, key: str, egress_labels: list[str], lost: threading.Event):
+    """Hold chunk `key` for this run (or raise ChunkBusy / ChunkRetired) and lease egresses while
+    the block runs; every lease is released after it, and expires if this process dies."""
+    keeper = Keeper(LeaseTable.of_instance(context.instance), holder_name(context.run.run_id), on_lost=lambda names: lost.set())
+    try:
+        if not keeper.take(chunk_lease(key)):
+            holder = leased_chunks(context.instance).get(key, "another run")
+            raise ChunkBusy(f"chunk {key} is being fetched by {holder}; this run asked for nothing")
+        # Checked after taking the lease: a plan deletes keys, then reads the leases (`retire_chunk_keys`).
+        if not context.instance.has_dynamic_partition(recent_stats_chunks.name, key):
+            raise ChunkRetired(f"chunk {key} was removed by a newer plan, which took its packages; this run asked for nothing")
+        egresses = EgressLeases(keeper, egress_labels)
+        try:
+            yield egresses
+        finally:
+            egresses.close()
+    finally:
+        keeper.close()
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas"},
     partitions_def=recent_stats_chunks,
     pool=PYPISTATS_POOL,
+    deps=["stale_packages"],
     check_specs=[dg.AssetCheckSpec("every_package_answered", asset="recent_stats", description="No package failed after retries.")],
 )
-def recent_stats(
-    context: dg.AssetExecutionContext, stale_packages: pd.DataFrame, pypistats: PypistatsApi
-) -> dg.MaterializeResult:
-    """Recent download counts (last day/week/month) from pypistats for one chunk of the plan,
+def recent_stats(context: dg.AssetExecutionContext, pypistats: PypistatsApi) -> dg.MaterializeResult:
+    """Recent download counts (last day/week/month) from pypistats for one chunk of a plan,
     requested by normalized name. 404 records 'empty'; packages that still fail after retries are
     left out (their rows stay as they were) and reported by the check. Each chunk is stored on its
-    own until a publish has taken it in."""
+    own until a publish has taken it in.
+
+    One run fetches a chunk at a time, and a package fetched today by any chunk is not asked
+    again; egresses are leased, so runs on any machine share them without exceeding their pacing."""
     key = context.partition_key
-    planned = stale_packages.loc[stale_packages["chunk"] == key, "normalized"].tolist()
-    if not planned:
+    store = fetch_store(context)
+    try:
+        planned = store.planned(key)
+    except KeyError:
         raise dg.Failure(
-            f"chunk {key} is not part of the current plan (plan chunks start with "
-            f"{stale_packages['chunk'].iloc[0][:15] if len(stale_packages) else 'nothing: the plan is empty'}); "
+            f"chunk {key} has no recorded packages (a key no plan made, or made before plans were stored): "
             "materialize stale_packages to plan again"
-        )
-    client = pypistats.client(shared_pacing_file=pacing_file(context))
+        ) from None
+    lost = threading.Event()
+    with failing_clearly(), chunk_leases(context, key, [e.label for e in pypistats.proxy_pool.egresses()], lost) as egresses:
+        return _fetch_chunk(context, key, planned, store, pypistats, egresses, lost)
+
+
+def _fetch_chunk(context, key, planned, store, pypistats, egresses, lost) -> dg.MaterializeResult:
+    client = pypistats.client(gate=egresses)
+    egresses.resting = client.resting  # an egress given up rests until its pacing allows the next request
+    if not egresses.held():
+        context.log.info(f"chunk {key}: every egress is leased by other runs ({egresses.holders()}); waiting for one")
     canary = _plan_canary(context.instance)
     if canary:
         # A project the published dataset knows to have counts: if the API does not know it, the
@@ -269,13 +334,13 @@ def recent_stats(
                 check_canary(client, pypistats.url, canary)
             except HttpError as exc:  # a project it must know cannot be fetched: so can no other
                 raise ServiceDown(f"the stats API did not answer for {canary}: {exc}") from None
-    store = fetch_store(context)
-    # A re-run the same day asks only for what it has not got: the rest cannot have changed.
-    already = store.fetched_since(key, counts_day_start(time.time()))
-    names = [name for name in planned if name not in already]
+    # Asked today by any chunk of any plan: the counts cannot have changed since.
+    fetched_today = store.fetched_since(counts_day_start(time.time()))
+    already = [name for name in planned if name in fetched_today]
+    names = [name for name in planned if name not in fetched_today]
     context.log.info(
-        f"chunk {key}: {len(names)} packages to fetch ({len(already)} already fetched today) over "
-        f"{len(client.egresses)} egress(es), one request per {client.pacing.interval:.2f}s each"
+        f"chunk {key}: {len(names)} packages to fetch ({len(already)} already fetched today) over the egresses "
+        f"this run leases ({len(egresses.held())} of {len(client.egresses)} now), one request per {client.pacing.interval:.2f}s each"
     )
     started = time.monotonic()
     last_report = [started]
@@ -287,12 +352,15 @@ def recent_stats(
             last_report[0] = now
             context.log.info(f"chunk {key}: {describe_progress(status, now)}")
 
-    with store.journal(key) as record, failing_clearly():
+    with store.journal(key, context.run.run_id) as record:
         try:
-            result = fetch_many(client, pypistats.url, names, on_status=progress, on_result=record, stop=stop_requested)
+            result = fetch_many(client, pypistats.url, names, on_status=progress, on_result=record, stop=AnyOf(stop_requested, lost))
+            egresses_used = len(egresses.held())
+            egresses.close()  # free for the next run now, not after the file is written
         except FetchStopped as stopped:
+            why = "a lease of this run expired and was taken (the process stalled past its ttl)" if lost.is_set() else "stopped when told"
             raise dg.Failure(
-                f"chunk {key}: stopped when told; {len(stopped.result.fetched)} answers of this run are journaled "
+                f"chunk {key}: {why}; {len(stopped.result.fetched)} answers of this run are journaled "
                 f"and kept, {len(stopped.not_asked)} packages not asked (a re-run asks only for those)"
             ) from None
     seconds = time.monotonic() - started
@@ -302,7 +370,7 @@ def recent_stats(
             f"chunk {key}: all {len(names)} packages failed, e.g. {next(iter(result.failed.values()))}",
             metadata={"failed": len(result.failed), "failures": dg.MetadataValue.json(failed_sample)},
         )
-    stored = store.write(key, result.fetched)
+    stored = store.write(key, result.fetched, context.run.run_id)
     return dg.MaterializeResult(
         metadata={
             "planned": len(planned),
@@ -313,6 +381,7 @@ def recent_stats(
             "failed": len(result.failed),
             "seconds": round(seconds, 1),
             "requests_per_second": round(len(names) / seconds, 2) if seconds else 0.0,
+            "egresses_leased_at_end": egresses_used,
             "stored_at": dg.MetadataValue.path(str(stored)),
             "preview": _preview(result.fetched),
         },
@@ -414,7 +483,9 @@ def publish(
     if stats.superseded:
         context.log.warning(f"{stats.superseded} fetched rows were older than the published rows and were not applied")
     # Only now, with the rows safely in the repo, may their fetched chunks go.
-    removed = store.remove_published(frame, normalize_names(frame["name"]), keep_fetched_since=counts_day_start(time.time()))
+    removed = store.remove_published(
+        frame, normalize_names(frame["name"]), keep_fetched_since=counts_day_start(time.time()), busy=leased_chunks(context.instance)
+    )
     counts = _status_counts(frame)
     yield dg.MaterializeResult(
         asset_key="merged_dataset",

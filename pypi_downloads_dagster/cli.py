@@ -18,6 +18,7 @@ import dagster as dg
 from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG, stops_the_cycle
 from pypi_downloads_dagster.fetch_store import FetchStore
 from pypi_downloads_dagster.http import Pacing
+from pypi_downloads_dagster.partitions import busy_chunks
 from pypi_downloads_dagster.pypistats import FetchProgress, format_duration
 from pypi_downloads_dagster.run_control import add_progress_listener, remove_progress_listener, stop_requested
 from pypi_downloads_dagster.settings import SettingsError, read_settings
@@ -214,13 +215,17 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
         )
 
     totals = {"valid": 0, "empty": 0, "failed": 0}
-    failed_chunks = []
+    failed_chunks, elsewhere = [], []
     chunk_job = defs.resolve_job_def("fetch_chunk")
     bar = ChunkProgress(enabled=sys.stdout.isatty())
     add_progress_listener(bar)
     try:
         for number, key in enumerate(keys, start=1):
             chunk_started = time.monotonic()
+            if key in busy_chunks(instance):  # the daemon (or a backfill, or another sync) has it
+                elsewhere.append(key)
+                _say(f"chunk {number}/{len(keys)} {key}: fetched by another run of this instance; skipped")
+                continue
             result = chunk_job.execute_in_process(
                 instance=instance, partition_key=key, run_config=QUIET_LOGS, raise_on_error=False
             )
@@ -228,6 +233,10 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
             if signals.received:
                 kept = len(FetchStore.in_storage(instance.storage_directory()).read(key))
                 return _stopped(signals, f"during chunk {number}/{len(keys)} {key}", f"{kept} answers of that chunk")
+            if not result.success and any(f"{name}:" in run_failure(result) for name in ("ChunkBusy", "ChunkRetired")):
+                elsewhere.append(key)  # another run took it between the check above and this run
+                _say(f"chunk {number}/{len(keys)} {key}: {run_failure(result)}")
+                continue
             if not result.success:
                 failed_chunks.append(key)
                 failure = run_failure(result)
@@ -265,6 +274,8 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
     card = _materialization_metadata(publish, "hf_dataset_card")
     outcome = f"published {card.get('last_commit')}" if card.get("committed") else "dataset already up to date, nothing committed"
     status = 0
+    if elsewhere:
+        outcome += f"; {len(elsewhere)} chunks left to the other runs fetching them, published when they are"
     if failed_chunks:
         outcome += f"; {len(failed_chunks)} chunk runs FAILED ({', '.join(failed_chunks[:5])}), their packages stay stale"
         status = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Optional
 
 import numpy as np
@@ -129,13 +129,15 @@ def plan_stale(
     stale_after_days: float = 30,
     max_packages: Optional[int] = None,
     chunk_size: int = 1000,
+    held: Collection[str] = (),
 ) -> pd.DataFrame:
     """The projects to refresh, oldest first, split into chunks.
 
     A project is stale when the dataset has never fetched it or fetched it more than
     `stale_after_days` ago. Never-fetched projects come first, then by age; ties by normalized name,
-    so the same inputs always give the same chunks. Returns columns chunk, normalized, name,
-    updated_at (the row's previous fetch time).
+    so the same inputs always give the same chunks. Projects in `held` (normalized names: chunks of
+    earlier plans that runs are fetching or will fetch) are left to those runs. Returns columns
+    chunk, normalized, name, updated_at (the row's previous fetch time).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -147,7 +149,10 @@ def plan_stale(
     updated_at = frame["updated_at"].to_numpy(dtype="float64", na_value=np.nan)
     # Untrusted times (future, before pypistats) plan like never fetched: first, and always.
     frame.loc[~trusted_times(updated_at, now), "updated_at"] = np.nan
-    stale = frame[frame["updated_at"].isna() | (frame["updated_at"] < cutoff)]
+    is_stale = (frame["updated_at"].isna() | (frame["updated_at"] < cutoff)).to_numpy(copy=True)
+    if len(held):
+        is_stale &= pd.Index(sorted(set(held))).get_indexer(frame["normalized"]) < 0  # not isin: slow on Arrow strings
+    stale = frame[is_stale]
     stale = stale.sort_values(["updated_at", "normalized"], na_position="first", kind="stable")
     if max_packages is not None:
         stale = stale.head(max_packages)

@@ -1,6 +1,15 @@
 """Fetched chunks waiting to be published: one Parquet file per chunk, kept until the published
 dataset holds every row of it. While a chunk runs, each answer is journaled as it arrives (one JSON
-line), so a killed run loses no answer it got.
+line, in a journal of that run alone), so a killed run loses no answer it got. The plan stores each
+chunk's packages here too, so a run of a chunk knows them whatever plan came since.
+
+Layout under the root (a folder every run of the deployment reaches: see README, "Run it on more
+than one machine"):
+- `<key>.parquet`: the chunk's fetched rows, replaced as a whole (temp file, fsync, rename);
+- `journals/<key>/<run id>.jsonl`: answers of one run, appended (fsync per line) by that run only
+  and deleted by it once folded into `<key>.parquet`, so no run ever deletes what another writes;
+- `plans/<key>.json`: the chunk's packages (normalized names), written once by the plan;
+- `<key>.rejected.jsonl`: lines and rows set aside (below).
 
 This store, not Dagster's partition keys, is where fetched counts live between a chunk run and the
 publish: merging reads every file in it, planning treats its rows as fetched, and a file is only
@@ -16,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
@@ -24,7 +32,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Optional
 
@@ -46,7 +54,8 @@ from pypi_downloads_dagster.schema import (
 
 logger = logging.getLogger("pypi_downloads_dagster.fetch_store")
 
-JOURNAL = ".journal.jsonl"
+JOURNALS = "journals"
+PLANS = "plans"
 #: Lines and rows set aside because they cannot be a fetch: kept for a person, never read as data.
 REJECTED = ".rejected.jsonl"
 
@@ -109,18 +118,29 @@ class FetchStore:
         self._clock = clock
 
     def _path(self, key: str, suffix: str = ".parquet") -> Path:
-        if not key or "/" in key or key.startswith("."):
-            raise ValueError(f"invalid chunk key {key!r}")
+        _check_name(key, "chunk key")
         return self.root / f"{key}{suffix}"
 
+    def _journal_path(self, key: str, run_id: str) -> Path:
+        _check_name(run_id, "run id")
+        return self.root / JOURNALS / _checked(key) / f"{run_id}.jsonl"
+
+    def _journals(self, key: str) -> list[Path]:
+        folder = self.root / JOURNALS / _checked(key)
+        try:
+            return sorted(path for path in folder.iterdir() if path.suffix == ".jsonl")
+        except FileNotFoundError:
+            return []
+
     @contextlib.contextmanager
-    def journal(self, key: str):
-        """A `record(RecentCounts)` callable appending each answer to the chunk's journal at once.
-        `write` folds the journal into the chunk's file; after a crash, `read` still sees it.
+    def journal(self, key: str, run_id: str = "local"):
+        """A `record(RecentCounts)` callable appending each answer to run `run_id`'s journal of
+        chunk `key` at once (flushed and fsynced: a killed run, or a machine that lost power, keeps
+        it). `write` folds the journal into the chunk's file; after a crash, `read` still sees it.
         `record` raises InvalidFetchRow (and writes nothing) for a fetch that cannot be stored."""
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = threading.Lock()
-        path = self._path(key, JOURNAL)
+        path = self._journal_path(key, run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             if _ends_cut_off(path):
                 # A killed run's cut-off last line: end it, so the next answer starts its own line.
@@ -135,38 +155,53 @@ class FetchStore:
                 with lock:
                     handle.write(line + "\n")
                     handle.flush()
+                    os.fsync(handle.fileno())
 
             yield record
 
-    def write(self, key: str, fetched: pd.DataFrame) -> Path:
-        """Store one chunk's fetched rows (pypistats.FETCHED_COLUMNS). A re-run of a chunk that is
-        still stored adds to it (newest fetch per project), so rows an earlier run got are kept
-        even where the re-run failed. Rows that cannot be a fetch (`row_problem`) are set aside
-        in `<key>.rejected.jsonl` with a warning, not written."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    def write(self, key: str, fetched: pd.DataFrame, run_id: str = "local") -> Path:
+        """Store one chunk's fetched rows (pypistats.FETCHED_COLUMNS) and fold run `run_id`'s
+        journal into the chunk's file. A re-run of a chunk that is still stored adds to it (newest
+        fetch per project), so rows an earlier run got are kept even where the re-run failed. Rows
+        that cannot be a fetch (`row_problem`) are set aside in `<key>.rejected.jsonl` with a
+        warning, not written. Journals of other runs are read, never deleted.
+
+        One run writes a chunk at a time (the chunk lease in `leases.py`): two writers at once
+        would each replace the file with their own merge."""
         target = self._path(key)
         fetched, rejected = _split_frame(fetched, self._clock(), "write")
         self._set_aside(key, rejected)
-        if target.exists() or self._path(key, JOURNAL).exists():
-            fetched = newest_fetches([self.read(key), fetched])
-            if not len(fetched):  # newest_fetches of nothing has no columns
-                fetched = _typed(pd.DataFrame(columns=FETCHED_SCHEMA.names))
+        fetched = newest_fetches([part for part in (self.read(key), fetched) if len(part)])
+        if not len(fetched):  # newest_fetches of nothing has no columns
+            fetched = _typed(pd.DataFrame(columns=FETCHED_SCHEMA.names))
         table = pa.Table.from_pandas(fetched[FETCHED_SCHEMA.names], schema=FETCHED_SCHEMA, preserve_index=False)
-        # Write then rename: a crash mid-write never leaves a half file that a merge would read.
-        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".tmp-", suffix=".parquet", delete=False) as handle:
-            pq.write_table(table, handle)
-        os.replace(handle.name, target)
-        self._path(key, JOURNAL).unlink(missing_ok=True)  # now folded into the file
+        _replace_atomically(target, lambda handle: pq.write_table(table, handle))
+        self._journal_path(key, run_id).unlink(missing_ok=True)  # now folded into the file
         return target
 
+    def save_plan(self, key: str, names: list[str]) -> None:
+        """Record chunk `key`'s packages (normalized names), for any run of it, under any later plan."""
+        data = json.dumps({"chunk": key, "packages": list(names)}).encode()
+        _replace_atomically(self.root / PLANS / f"{_checked(key)}.json", lambda handle: handle.write(data))
+
+    def planned(self, key: str) -> list[str]:
+        """The packages the plan gave chunk `key`. Raises KeyError when no plan recorded it."""
+        try:
+            return json.loads((self.root / PLANS / f"{_checked(key)}.json").read_bytes())["packages"]
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def drop_plans(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / PLANS / f"{_checked(key)}.json").unlink(missing_ok=True)
+
     def keys(self) -> list[str]:
+        """Chunks with fetched rows: a file, or a journal of some run."""
         if not self.root.is_dir():
             return []
-        names = set()
-        for suffix in (".parquet", JOURNAL):
-            names.update(path.name[: -len(suffix)] for path in self.root.glob(f"*{suffix}"))
-        # `<key>.rejected.jsonl` matches neither pattern; the name check also keeps such files out.
-        return sorted(name for name in names if not name.startswith(".") and not name.endswith((".journal", ".rejected")))
+        names = {path.name[: -len(".parquet")] for path in self.root.glob("*.parquet")}
+        names.update(folder.name for folder in (self.root / JOURNALS).glob("*") if any(folder.glob("*.jsonl")))
+        return sorted(name for name in names if not name.startswith("."))  # `.tmp-*` files are not chunks
 
     def read(self, key: str) -> pd.DataFrame:
         """The chunk's fetched rows: its file plus any journal a run left (newest fetch per project).
@@ -177,15 +212,16 @@ class FetchStore:
         """
         now = self._clock()
         parts, rejected = [], []
-        # The journal first, then the file, each opened without an exists() check first: a run that
-        # folds the journal into the file in between replaces the file before it unlinks the
+        # The journals first, then the file, each opened without an exists() check first: a run that
+        # folds its journal into the file in between replaces the file before it unlinks the
         # journal, so whatever this read misses in one it finds in the other.
-        try:
-            journaled, bad = _read_journal(self._path(key, JOURNAL), now)
+        for path in self._journals(key):
+            try:
+                journaled, bad = _read_journal(path, now, f"journal {path.name}")
+            except FileNotFoundError:
+                continue
             parts.append(journaled)
             rejected += bad
-        except FileNotFoundError:
-            pass
         try:
             stored = pq.read_table(self._path(key)).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
             stored, bad = _split_frame(stored, now, "file")
@@ -201,23 +237,25 @@ class FetchStore:
         frame["normalized"] = frame["normalized"].astype(object)
         return frame
 
-    def fetched_since(self, key: str, since: float) -> set[str]:
-        """Projects of chunk `key` fetched at or after `since` (their counts cannot be newer)."""
-        if key not in self.keys():
-            return set()
-        frame = self.read(key)
-        return set(frame.loc[frame["updated_at"] >= since, "normalized"])
+    def fetched_since(self, since: float, keys: Optional[list[str]] = None) -> set[str]:
+        """Projects fetched at or after `since` in any chunk (or in `keys`): their counts cannot be
+        newer, whichever plan or chunk asked for them."""
+        frames = [self.read(key) for key in (self.keys() if keys is None else keys)]
+        return {name for frame in frames for name in frame.loc[frame["updated_at"] >= since, "normalized"]}
 
     def read_all(self) -> dict[str, pd.DataFrame]:
         """Every stored chunk by key."""
         return {key: self.read(key) for key in self.keys()}
 
-    def remove_published(self, published: pd.DataFrame, on_index: pd.Series, keep_fetched_since: float) -> list[str]:
+    def remove_published(
+        self, published: pd.DataFrame, on_index: pd.Series, keep_fetched_since: float, busy: Collection[str] = ()
+    ) -> list[str]:
         """Delete the chunks whose every row is in `published` with an `updated_at` at least as new,
         or belongs to a project no longer on the index (`on_index`: normalized names). Returns the
         deleted keys; a chunk with any row not yet published stays, and so does a chunk with rows
-        fetched since `keep_fetched_since` (so a re-run of it that day knows to ask for nothing)."""
-        keys = self.keys()
+        fetched since `keep_fetched_since` (so a re-run of it that day knows to ask for nothing)
+        and a chunk in `busy` (a run holds it and may be writing its journal)."""
+        keys = [key for key in self.keys() if key not in set(busy)]
         if not keys:
             return []
         rows = pd.concat([self.read(key).assign(chunk=key) for key in keys], ignore_index=True)
@@ -230,8 +268,9 @@ class FetchStore:
         removed = [key for key in keys if removable.get(key, False)]
         for key in removed:
             # The rejected file (if any) stays: it is for a person to inspect, never read as data.
+            for path in self._journals(key):  # journals first: a crash in between leaves the file, not a half
+                path.unlink(missing_ok=True)
             self._path(key).unlink(missing_ok=True)
-            self._path(key, JOURNAL).unlink(missing_ok=True)
         return removed
 
     def _set_aside(self, key: str, rejected: list[dict]) -> None:
@@ -241,17 +280,50 @@ class FetchStore:
             return
         path = self._path(key, REJECTED)
         records = [json.dumps({"chunk": key, **item}, sort_keys=True) for item in rejected]
-        with open(path, "a+", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # readers in other processes set aside the same lines
-            handle.seek(0)
-            known = set(handle.read().splitlines())
-            new = [record for record in dict.fromkeys(records) if record not in known]
-            if new:
-                handle.write("".join(record + "\n" for record in new))
+        try:
+            known = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            known = []
+        new = [record for record in dict.fromkeys(records) if record not in set(known)]
+        if new:
+            # Replaced whole, no lock: readers racing here set aside the same lines, and a record one
+            # of them drops is found again by the next read.
+            text = "".join(record + "\n" for record in known + new).encode()
+            _replace_atomically(path, lambda handle: handle.write(text))
         logger.warning(
             "chunk %s: set aside %d line(s) that cannot be a fetch in %s (first: %s)",
             key, len(rejected), path.name, rejected[0]["reason"],
         )
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"invalid {what} {name!r}")
+
+
+def _checked(key: str) -> str:
+    _check_name(key, "chunk key")
+    return key
+
+
+def _replace_atomically(target: Path, write: Callable) -> None:
+    """Write `target` through `write(binary handle)` into a temp file beside it, fsync it, rename it
+    over `target` and fsync the folder: readers see the old file or the new one, never half."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", suffix=target.suffix, delete=False) as handle:
+        try:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, target)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _ends_cut_off(path: Path) -> bool:
@@ -263,7 +335,7 @@ def _ends_cut_off(path: Path) -> bool:
         return handle.read(1) != b"\n"
 
 
-def _read_journal(path: Path, now: float) -> tuple[pd.DataFrame, list[dict]]:
+def _read_journal(path: Path, now: float, source: str = "journal") -> tuple[pd.DataFrame, list[dict]]:
     """The journal's fetches, and the lines set aside ({source, reason, line})."""
     rows, rejected = [], []
     lines = path.read_bytes().split(b"\n")
@@ -277,11 +349,11 @@ def _read_journal(path: Path, now: float) -> tuple[pd.DataFrame, list[dict]]:
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
             if cut_off:
                 continue
-            rejected.append({"source": f"journal line {number}", "reason": f"not valid JSON ({exc})", "line": raw.decode("utf-8", "backslashreplace")})
+            rejected.append({"source": f"{source} line {number}", "reason": f"not valid JSON ({exc})", "line": raw.decode("utf-8", "backslashreplace")})
             continue
         problem = row_problem(row, now) if isinstance(row, dict) else f"not a JSON object ({type(row).__name__})"
         if problem:
-            rejected.append({"source": f"journal line {number}", "reason": problem, "line": text})
+            rejected.append({"source": f"{source} line {number}", "reason": problem, "line": text})
         else:
             rows.append(row)
     # Column by column: a frame built from the rows would pass counts with a null through float64,

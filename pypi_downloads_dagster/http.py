@@ -3,8 +3,9 @@
 - An *egress* is one way out to the internet: direct, or one proxy of the pool (`PP_URL`). Rate
   limits such as pypistats' are per client IP, so pacing is kept per egress.
 - *Pacing* spaces requests on each egress evenly, a little below the server's limits, so a client
-  never bursts past them (pypistats: 5/s and 30/min per IP; a 429 carries no Retry-After). The
-  schedule can live in a file that every process on the machine shares (concurrent chunk runs).
+  never bursts past them (pypistats: 5/s and 30/min per IP; a 429 carries no Retry-After). Pacing
+  is in-process: with several processes, a `gate` says which egresses this one may use now (the
+  egress leases in `leases.py`), so no two processes ever send through one egress.
 - *Retries* (tenacity) cover 429, 5xx, connection errors, timeouts, bodies cut short and answers
   the caller's `validate` rejects (`BadAnswer`: a portal's or proxy's page); each retry leaves
   through another egress when there is one. Other statuses go back to the caller to interpret.
@@ -19,14 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import re
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -180,49 +178,31 @@ class RetryPolicy:
     down_after: float = 60.0
 
 
+class EgressGate(Protocol):
+    """Which egresses a client may send through now, by label (see `leases.EgressLeases`)."""
+
+    def held(self) -> Collection[str]: ...
+
+
 class _Slots:
     """Per-egress schedule of when the next request may leave (thread-safe).
 
     `reserve` hands out the earliest slot over all egresses and books it, so concurrent workers
     spread over the pool and no egress ever gets two requests closer than the pacing interval.
-    With `shared_file`, the schedule lives in that file under an exclusive lock, so every process
-    on the machine (concurrent chunk runs) paces each egress together, not each on its own.
     """
 
-    def __init__(
-        self,
-        egresses: Sequence[Egress],
-        pacing: Optional[Pacing],
-        clock: Callable[[], float],
-        shared_file: Optional[Path] = None,
-    ):
+    def __init__(self, egresses: Sequence[Egress], pacing: Optional[Pacing], clock: Callable[[], float]):
         self._egresses = list(egresses)
         self._pacing = pacing
         self._clock = clock
         self._next_free = {egress.label: 0.0 for egress in self._egresses}
         self._lock = threading.Lock()
-        self._shared_file = shared_file
-        if shared_file is not None:
-            shared_file.parent.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def _booking(self):
         """Hold the schedule for one read-modify-write."""
         with self._lock:
-            if self._shared_file is None:
-                yield self._next_free
-                return
-            with open(self._shared_file, "a+") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-                handle.seek(0)
-                try:
-                    schedule = {**self._next_free, **json.loads(handle.read() or "{}")}
-                except ValueError:  # a torn file from a crash: start the schedule afresh
-                    schedule = dict(self._next_free)
-                yield schedule
-                handle.seek(0)
-                handle.truncate()
-                handle.write(json.dumps(schedule))
+            yield self._next_free
 
     def reserve(
         self, avoid: Optional[Egress] = None, *, among: Optional[Sequence[Egress]] = None, first: Collection[Egress] = ()
@@ -241,6 +221,12 @@ class _Slots:
             if self._pacing is not None:
                 schedule[egress.label] = start + self._pacing.interval
             return egress, start
+
+    def resting(self) -> dict[str, float]:
+        """{label: seconds until the egress may send again} for every egress not free now."""
+        with self._booking() as schedule:
+            now = self._clock()
+            return {label: until - now for label, until in schedule.items() if until > now}
 
     def cool_down(self, egress: Egress, seconds: float) -> None:
         """Keep `egress` idle for `seconds` (after a 429: the server's window is still full)."""
@@ -272,14 +258,16 @@ class _Breaker:
         self._last_error = ""
         self._down: Optional[tuple[str, float]] = None  # (message, failing_for) once down
 
-    def check(self) -> None:
-        """Raise ServiceDown when the client is down (or has just been failing long enough)."""
+    def check(self, among: Optional[Collection[Egress]] = None) -> None:
+        """Raise ServiceDown when the client is down (or has just been failing long enough):
+        every egress of `among` (default: all; the ones the client may use now) failing."""
         with self.changed:
-            if self._down is None and len(self._since) == len(self._egresses):
-                failing_for = time.monotonic() - max(self._since.values())
+            pool = [e for e in self._egresses if among is None or e in among]
+            if self._down is None and pool and all(e in self._since for e in pool):
+                failing_for = time.monotonic() - max(self._since[e] for e in pool)
                 if failing_for >= self._down_after:
                     message = (
-                        f"every egress ({len(self._egresses)}) has been failing for {failing_for:.1f}s or more "
+                        f"every egress ({len(pool)}) has been failing for {failing_for:.1f}s or more "
                         f"without a good answer (down_after={self._down_after:g}s); last error: {self._last_error}"
                     )
                     self._down = (message, failing_for)
@@ -288,11 +276,12 @@ class _Breaker:
                 # A new exception per raise: one instance raised in many threads would mix tracebacks.
                 raise ServiceDown(self._down[0], last_error=self._last_error, failing_for=self._down[1])
 
-    def usable(self) -> tuple[list[Egress], list[Egress]]:
-        """(egresses that may take a request now, the failing ones among them: free to probe)."""
+    def usable(self, among: Optional[Collection[Egress]] = None) -> tuple[list[Egress], list[Egress]]:
+        """(egresses of `among` that may take a request now, the failing ones among them: free to probe)."""
         with self.changed:
-            probes = [e for e in self._egresses if e in self._since and e not in self._probing]
-            return [e for e in self._egresses if e not in self._since or e in probes], probes
+            pool = [e for e in self._egresses if among is None or e in among]
+            probes = [e for e in pool if e in self._since and e not in self._probing]
+            return [e for e in pool if e not in self._since or e in probes], probes
 
     def start_probe(self, egress: Egress) -> bool:
         """Mark a request to a failing `egress` in flight; False when it is not failing."""
@@ -335,22 +324,25 @@ class HttpClient:
         pacing: Optional[Pacing] = None,
         retry: RetryPolicy = RetryPolicy(),
         user_agent: str = USER_AGENT,
-        shared_pacing_file: Optional[Path] = None,
+        gate: Optional[EgressGate] = None,
         clock: Optional[Callable[[], float]] = None,
         sleep: Optional[Callable[[float], None]] = None,
     ):
         """`sleep` None (the default) waits in short steps that notice at once a client gone down
-        or a `stop` set; a given `sleep` is used as is and both are looked at after it."""
+        or a `stop` set; a given `sleep` is used as is and both are looked at after it.
+
+        With a `gate`, a request leaves only through an egress the gate holds now; while it holds
+        none, requests wait. The client goes down when every egress it holds has been failing."""
         if not egresses:
             raise ValueError("at least one egress is needed")
         self.egresses = list(egresses)
         self.pacing = pacing
         self.retry = retry
         self.user_agent = user_agent
-        # Processes sharing a schedule need one clock: wall time. Alone, monotonic time is safer.
-        self._clock = clock or (time.time if shared_pacing_file else time.monotonic)
+        self._clock = clock or time.monotonic
         self._sleep = sleep
-        self._slots = _Slots(self.egresses, pacing, self._clock, shared_pacing_file)
+        self._gate = gate
+        self._slots = _Slots(self.egresses, pacing, self._clock)
         self._breaker = _Breaker(self.egresses, retry.down_after)
         self._local = threading.local()
 
@@ -369,9 +361,21 @@ class HttpClient:
             sessions[egress] = session
         return session
 
+    def resting(self) -> dict[str, float]:
+        """{egress label: seconds until its pacing (or a 429's rest) lets it send again}: what the
+        next user of an egress must wait when this client gives it up."""
+        return self._slots.resting()
+
+    def _allowed(self) -> Optional[list[Egress]]:
+        """The egresses the gate lets this client use now (None: no gate, every egress)."""
+        if self._gate is None:
+            return None
+        held = self._gate.held()
+        return [e for e in self.egresses if e.label in held]
+
     def _halt_check(self, stop: Optional[threading.Event]) -> None:
         """Raise ServiceDown when the client is down, RequestStopped when `stop` is set."""
-        self._breaker.check()
+        self._breaker.check(self._allowed())
         if stop is not None and stop.is_set():
             raise RequestStopped("stopped before sending")
 
@@ -396,12 +400,12 @@ class HttpClient:
 
         A failing egress is a candidate only when no probe of it is in flight; its backoff lives in
         the schedule, so it wins only once that has passed. With every egress failing and probed,
-        wait for a probe to end (or the client to go down).
+        wait for a probe to end (or the client to go down); with none held (a gate), for one.
         """
         with self._breaker.changed:
             while True:
                 self._halt_check(stop)
-                usable, probes = self._breaker.usable()
+                usable, probes = self._breaker.usable(self._allowed())
                 if usable:
                     egress, start = self._slots.reserve(avoid, among=usable, first=probes)
                     return egress, start, self._breaker.start_probe(egress)

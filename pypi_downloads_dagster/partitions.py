@@ -4,11 +4,16 @@ from typing import Optional
 
 import dagster as dg
 
+from pypi_downloads_dagster.leases import CHUNK, LeaseTable
+
 #: One key per chunk, `<plan id>-<chunk number>`, e.g. `20261124T020000-00003`.
 recent_stats_chunks = dg.DynamicPartitionsDefinition(name="recent_stats_chunks")
 
-#: The Dagster pool every `recent_stats` run takes a slot of; sized to the number of egresses.
+#: The Dagster pool every `recent_stats` run takes a slot of. Two runs at a time: one fetching
+#: through every egress it leases, one started and ready to take them over the moment it ends
+#: (more would only wait for egresses; see `leases.EgressLeases`).
 PYPISTATS_POOL = "pypistats"
+FETCHING_RUNS = 2
 
 ACTIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -25,19 +30,45 @@ def partitions_in_progress(instance: dg.DagsterInstance) -> set[str]:
     return {key for record in records if (key := record.dagster_run.tags.get("dagster/partition"))}
 
 
-def rotate_chunk_keys(instance: dg.DagsterInstance, current: list[str]) -> list[str]:
-    """Make `current` the live chunk keys: add them, and delete every older key no run is using.
+def leased_chunks(instance: dg.DagsterInstance) -> dict[str, str]:
+    """{chunk key: holder} of every chunk a run is fetching now (its lease, see `leases.py`)."""
+    return {name[len(CHUNK):]: holder for name, holder in LeaseTable.of_instance(instance).holders(CHUNK).items()}
 
-    Deleting a key never loses data: fetched rows live in the fetch store, not in partitions; the
-    packages of a chunk that was never fetched are still stale and are in the new plan.
+
+def backfill_partitions(instance: dg.DagsterInstance) -> set[str]:
+    """Chunk keys of backfills still launching runs (a backfill creates its runs over time)."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    keys: set[str] = set()
+    for backfill in instance.get_backfills(status=BulkActionStatus.REQUESTED):
+        keys.update(backfill.partition_names or ())  # a job backfill (`dagster job backfill`)
+        data = getattr(backfill, "asset_backfill_data", None)  # an asset backfill (the UI)
+        subset = data.target_subset.partitions_subsets_by_asset_key.get(dg.AssetKey("recent_stats")) if data else None
+        if subset is not None:
+            keys.update(subset.get_partition_keys())
+    return keys
+
+
+def busy_chunks(instance: dg.DagsterInstance) -> set[str]:
+    """Chunk keys something will fetch or is fetching: a run queued or running, a lease, a backfill."""
+    return partitions_in_progress(instance) | set(leased_chunks(instance)) | backfill_partitions(instance)
+
+
+def retire_chunk_keys(instance: dg.DagsterInstance) -> tuple[list[str], set[str]]:
+    """Before a new plan: delete every chunk key nothing will fetch; returns (deleted, kept).
+
+    The kept keys' packages are held: the new plan leaves them to those runs. Deleting a key never
+    loses data: fetched rows live in the fetch store, not in partitions; the packages of a chunk
+    never fetched are still stale and go into the new plan. Busy keys are read again after the
+    deletion: a run that took its chunk's lease in between is kept (and a run that takes it after
+    finds its key gone and asks for nothing, see `recent_stats`).
     """
-    instance.add_dynamic_partitions(recent_stats_chunks.name, current)
-    busy = partitions_in_progress(instance)
-    keep = set(current) | busy
-    removed = [key for key in instance.get_dynamic_partitions(recent_stats_chunks.name) if key not in keep]
-    for key in removed:
+    busy = busy_chunks(instance)
+    deleted = [key for key in instance.get_dynamic_partitions(recent_stats_chunks.name) if key not in busy]
+    for key in deleted:
         instance.delete_dynamic_partition(recent_stats_chunks.name, key)
-    return removed
+    kept = set(instance.get_dynamic_partitions(recent_stats_chunks.name)) | busy_chunks(instance)
+    return deleted, kept
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str) -> tuple[dict, Optional[float]]:

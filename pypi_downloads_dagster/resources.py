@@ -3,13 +3,12 @@ and on the proxy pool they all go out through. The work is done by the plain mod
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
-from pypi_downloads_dagster.http import HttpClient, Pacing, RetryPolicy, parse_proxy_pool
+from pypi_downloads_dagster.http import EgressGate, HttpClient, Pacing, RetryPolicy, parse_proxy_pool
 from pypi_downloads_dagster.hub import DatasetRepo, HubDatasetRepo, LocalDatasetRepo
 from pypi_downloads_dagster.pypi_index import ProjectIndex, fetch_index
 from pypi_downloads_dagster.pypistats import DEFAULT_API_URL, daily_capacity
@@ -65,13 +64,13 @@ class PypistatsApi(_RetrySettings):
     timeout: float = Field(default=30.0, description="Seconds to wait for an answer.")
     proxy_pool: ProxyPool = Field(default_factory=ProxyPool)
 
-    def client(self, shared_pacing_file: Optional[Path] = None) -> HttpClient:
-        """A client pacing each egress; with `shared_pacing_file`, together with every other process using it."""
+    def client(self, gate: Optional[EgressGate] = None) -> HttpClient:
+        """A client pacing each egress; with a `gate`, only through the egresses it holds (leases)."""
         return HttpClient(
             self.proxy_pool.egresses(),
             pacing=Pacing(self.max_per_second, self.max_per_minute),
             retry=self.retry_policy(),
-            shared_pacing_file=shared_pacing_file,
+            gate=gate,
         )
 
     def daily_capacity(self) -> int:

@@ -26,3 +26,13 @@ def remove_progress_listener(listener: Callable[[str, Any], None]) -> None:
 def report_progress(chunk_key: str, progress: Any) -> None:
     for listener in list(_progress_listeners):
         listener(chunk_key, progress)
+
+
+class AnyOf:
+    """Set when any of `events` is set (what `fetch_many`'s `stop` looks at: `is_set()`)."""
+
+    def __init__(self, *events: threading.Event):
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)

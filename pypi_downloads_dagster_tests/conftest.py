@@ -24,3 +24,52 @@ def no_backoff(monkeypatch):
     from huggingface_hub.utils import _http
 
     monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))
+
+
+@pytest.fixture(scope="session")
+def postgres_env():
+    """DAGSTER_POSTGRES_* of a real PostgreSQL server started for this test session."""
+    from pypi_downloads_dagster_tests.postgres import postgres_server
+
+    with postgres_server() as env:
+        yield env
+
+
+def write_instance(home, kind: str) -> None:
+    """DAGSTER_HOME `home` with the shipped instance config of `kind` ('sqlite' or 'postgres')."""
+    from pathlib import Path
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    source = deploy / ("dagster.yaml" if kind == "sqlite" else "dagster-postgres.yaml")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(source.read_text().replace("poll_interval_seconds: 20", "poll_interval_seconds: 3"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def instance_env(request, tmp_path, monkeypatch):
+    """(DAGSTER_HOME, environment) of a fresh instance on SQLite or on a fresh PostgreSQL database;
+    the environment is also set in this process."""
+    import os
+
+    home = tmp_path / "dagster_home"
+    write_instance(home, request.param)
+    env = {"DAGSTER_HOME": str(home)}
+    if request.param == "postgres":
+        import uuid
+
+        import sqlalchemy as sa
+
+        pg = request.getfixturevalue("postgres_env")
+        db = f"t_{uuid.uuid4().hex[:12]}"  # a database per test: nothing left from another
+        admin = sa.create_engine(
+            f"postgresql+psycopg2://{pg['DAGSTER_POSTGRES_USER']}:{pg['DAGSTER_POSTGRES_PASSWORD']}@"
+            f"{pg['DAGSTER_POSTGRES_HOSTNAME']}:{pg['DAGSTER_POSTGRES_PORT']}/postgres",
+            isolation_level="AUTOCOMMIT",
+        )
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {db}"))
+        admin.dispose()
+        env.update({**pg, "DAGSTER_POSTGRES_DB": db, "PYPI_DOWNLOADS_SHARED_DIR": str(tmp_path / "shared")})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return home, {**os.environ, **env}

@@ -25,6 +25,13 @@ def rows(*items):
     return frame
 
 
+def journal_file(root, key, run_id="local"):
+    """Where a run's journal of chunk `key` lives (its folder made, for tests that write one by hand)."""
+    path = root / "journals" / key / f"{run_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def published(*items):
     """A published dataset with (name, updated_at)."""
     return pd.DataFrame({"name": [n for n, _ in items], "updated_at": [t for _, t in items]})
@@ -35,11 +42,11 @@ def test_a_killed_run_keeps_every_answer_it_journaled(tmp_path):
     with store.journal("K") as record:
         record(RecentCounts("a", 1, 2, 3, "valid", T))
         record(RecentCounts("b", None, None, None, "empty", T))
-    (tmp_path / "K.journal.jsonl").open("a").write('{"normalized": "c", "last_d')  # cut off mid-line
+    (journal_file(tmp_path, "K")).open("a").write('{"normalized": "c", "last_d')  # cut off mid-line
     assert store.keys() == ["K"]
     frame = store.read("K").set_index("normalized")
     assert frame.loc["a", "last_month"] == 3 and frame.loc["b", "status"] == "empty" and "c" not in frame.index
-    assert store.fetched_since("K", T) == {"a", "b"} and store.fetched_since("K", T + 1) == set()
+    assert store.fetched_since(T) == {"a", "b"} and store.fetched_since(T + 1) == set()
 
 
 def test_write_folds_the_journal_and_keeps_rows_a_rerun_missed(tmp_path):
@@ -50,7 +57,7 @@ def test_write_folds_the_journal_and_keeps_rows_a_rerun_missed(tmp_path):
     store.write("K", rows(("a", 5, 5, 5, "valid", T + 10)))  # the re-run failed on 'b'
     frame = store.read("K").set_index("normalized")
     assert frame.loc["a", "last_day"] == 5 and frame.loc["b", "last_day"] == 2
-    assert not (tmp_path / "K.journal.jsonl").exists()
+    assert not (journal_file(tmp_path, "K")).exists()
 
 
 def test_only_fully_published_chunks_from_before_today_are_removed(tmp_path):
@@ -94,7 +101,7 @@ def test_bad_journal_lines_are_set_aside_and_the_rest_of_the_chunk_reads(tmp_pat
         json.dumps(good),  # no name at all
         "[1, 2, 3]",
     ]
-    journal = tmp_path / "K.journal.jsonl"
+    journal = journal_file(tmp_path, "K")
     journal.write_text(
         "\n".join(
             [json.dumps({**good, "normalized": "a"}), *bad_lines,
@@ -122,7 +129,7 @@ def test_bad_journal_lines_are_set_aside_and_the_rest_of_the_chunk_reads(tmp_pat
 
     # Reading again (plans, merges and publishes all read) does not repeat them in the file.
     assert sorted(store.read_all()["K"]["normalized"]) == ["a", "b", "max"]
-    assert store.fetched_since("K", T) == {"a", "b"}
+    assert store.fetched_since(T) == {"a", "b"}
     assert len(rejected_records(rejected)) == len(bad_lines)
 
     # Folding the journal keeps the good rows; the set-aside lines stay for a person.
@@ -164,7 +171,7 @@ def test_record_and_write_refuse_values_that_cannot_be_stored(tmp_path, caplog):
             record(RecentCounts("broken-clock", 1, 2, 3, "valid", 0.0))
         with pytest.raises(InvalidFetchRow, match="status"):
             record(RecentCounts("odd", 1, 2, 3, "maybe", T))
-    assert [json.loads(line)["normalized"] for line in (tmp_path / "K.journal.jsonl").read_text().splitlines()] == ["a"]
+    assert [json.loads(line)["normalized"] for line in (journal_file(tmp_path, "K")).read_text().splitlines()] == ["a"]
 
     with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
         store.write("K", rows(("b", 4, 5, 6, "valid", T), ("negative", -1, 5, 6, "valid", T), ("c", 1, 1, 1, "empty", T)))
@@ -180,12 +187,12 @@ def test_read_all_and_remove_published_survive_bad_lines(tmp_path):
     store = at_t(tmp_path)
     old = T - 86_400 * 2
     store.write("old", rows(("a", 1, 1, 1, "valid", old)))
-    with (tmp_path / "old.journal.jsonl").open("w") as handle:
+    with (journal_file(tmp_path, "old")).open("w") as handle:
         handle.write(json.dumps({"normalized": "x", "last_day": 2**70, "last_week": 1, "last_month": 1, "status": "valid", "updated_at": old}) + "\n")
         handle.write("garbage\n")
     store.write("only-bad", rows(("b", 1, 1, 1, "valid", old)))
     (tmp_path / "only-bad.parquet").unlink()
-    (tmp_path / "only-bad.journal.jsonl").write_text("garbage\n")
+    (journal_file(tmp_path, "only-bad")).write_text("garbage\n")
     assert store.keys() == ["old", "only-bad"]
     assert {key: sorted(frame["normalized"]) for key, frame in store.read_all().items()} == {"old": ["a"], "only-bad": []}
     removed = store.remove_published(published(("a", old)), pd.Series(["a", "b"]), keep_fetched_since=counts_day_start(T))
@@ -198,7 +205,7 @@ def test_a_rerun_after_a_killed_run_journals_on_a_new_line(tmp_path):
     store = at_t(tmp_path)
     with store.journal("K") as record:
         record(RecentCounts("a", 1, 2, 3, "valid", T))
-    with (tmp_path / "K.journal.jsonl").open("a") as handle:
+    with (journal_file(tmp_path, "K")).open("a") as handle:
         handle.write('{"normalized": "b", "last_d')  # killed mid-line
     with store.journal("K") as record:
         record(RecentCounts("c", 4, 5, 6, "valid", T))
@@ -232,4 +239,46 @@ def test_a_read_while_another_run_folds_the_journal_misses_nothing(tmp_path, mon
     monkeypatch.setattr(module, "_read_journal", then_fold(real_journal))
     monkeypatch.setattr(module.pq, "read_table", then_fold(real_table))
     assert sorted(store.read("K")["normalized"]) == ["a", "b"]
-    assert folding["done"] and not (tmp_path / "K.journal.jsonl").exists()
+    assert folding["done"] and not (journal_file(tmp_path, "K")).exists()
+
+
+def test_a_finished_run_never_deletes_the_journal_another_run_still_writes(tmp_path):
+    """Issue 7, finding 3: one journal per chunk, unlinked by whichever run finished first, lost the
+    answers another run of the same chunk was still appending (a kill before its own write lost them).
+    Now each run has its own journal and folds and deletes only that one."""
+    store = at_t(tmp_path)
+    with store.journal("K", "run-1") as first, store.journal("K", "run-2") as second:
+        first(RecentCounts("a", 1, 1, 1, "valid", T))
+        second(RecentCounts("b", 2, 2, 2, "valid", T))
+        store.write("K", rows(("a", 1, 1, 1, "valid", T)), "run-1")  # run 1 finishes first
+        second(RecentCounts("c", 3, 3, 3, "valid", T))  # run 2 goes on, then is killed: no write
+    assert not journal_file(tmp_path, "K", "run-1").exists()
+    assert journal_file(tmp_path, "K", "run-2").exists()
+    assert sorted(store.read("K")["normalized"]) == ["a", "b", "c"]
+    assert store.fetched_since(T) == {"a", "b", "c"}
+
+
+def test_a_chunk_a_run_holds_is_never_removed_under_it(tmp_path):
+    store = at_t(tmp_path)
+    old = T - 86_400 * 2
+    store.write("held", rows(("a", 1, 1, 1, "valid", old)))
+    store.write("free", rows(("b", 1, 1, 1, "valid", old)))
+    removed = store.remove_published(published(("a", old), ("b", old)), pd.Series(["a", "b"]), keep_fetched_since=T, busy={"held"})
+    assert removed == ["free"] and store.keys() == ["held"]
+
+
+def test_plans_are_stored_per_chunk_and_writes_leave_no_temp_files(tmp_path):
+    store = at_t(tmp_path)
+    store.save_plan("P-00000", ["a", "b"])
+    store.save_plan("P-00001", ["c"])
+    assert store.planned("P-00000") == ["a", "b"] and store.planned("P-00001") == ["c"]
+    with pytest.raises(KeyError):
+        store.planned("P-00002")
+    store.drop_plans(["P-00000"])
+    with pytest.raises(KeyError):
+        store.planned("P-00000")
+    store.write("P-00001", rows(("c", 1, 1, 1, "valid", T)))
+    assert store.keys() == ["P-00001"]  # plans are not fetched chunks
+    assert not [path for path in tmp_path.rglob(".tmp-*")]
+    with pytest.raises(ValueError):
+        store.save_plan("../escape", ["x"])

@@ -291,41 +291,25 @@ def test_pacing_interval_stays_below_both_limits():
         Pacing(0, 30)
 
 
-_FETCH_IN_ANOTHER_PROCESS = """
-import sys, time
-from pathlib import Path
-from pypi_downloads_dagster.http import HttpClient, Pacing, RetryPolicy
-from pypi_downloads_dagster.pypistats import fetch_many
-api_url, shared_file, start_at, *names = sys.argv[1:]
-client = HttpClient(
-    pacing=Pacing(max_per_second=20, max_per_minute=900),
-    retry=RetryPolicy(attempts=1, timeout=5, rate_limited_wait=0.25),
-    shared_pacing_file=Path(shared_file) if shared_file else None,
-)
-time.sleep(max(0.0, float(start_at) - time.time()))  # start together: interpreters start at different speeds
-print(len(fetch_many(client, api_url, names).failed))
-"""
+class _Gate:
+    def __init__(self, *labels):
+        self.labels = set(labels)
+
+    def held(self):
+        return frozenset(self.labels)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_processes_sharing_a_pacing_file_pace_each_egress_together(tmp_path, shared):
-    import subprocess
-    import sys
-    import time
+def test_a_gated_client_sends_only_through_the_egresses_it_holds_and_waits_while_it_holds_none():
+    with FakePypistats(counts(6), per_second=100, per_minute=1000) as stats, FakeProxy("127.0.0.2") as one, FakeProxy("127.0.0.3") as two:
+        pool = parse_proxy_pool(f"{one.url},{two.url}")
+        gate = _Gate(pool[1].label)
+        client = HttpClient(pool, retry=FAST_RETRY, gate=gate)
+        assert fetch_many(client, stats.api_url, ["pkg-0", "pkg-1", "pkg-2"]).valid == 3
+        assert stats.client_ips() == {"127.0.0.3"}
 
-    names = [f"pkg-{i}" for i in range(16)]
-    with FakePypistats(counts(16), **SCALED) as stats:
-        shared_file = str(tmp_path / "pacing.json") if shared else ""
-        start_at = str(time.time() + 3)  # plain processes, no multiprocessing pool that can hang on exit
-        processes = [
-            subprocess.Popen([sys.executable, "-c", _FETCH_IN_ANOTHER_PROCESS, stats.api_url, shared_file, start_at, *part], stdout=subprocess.PIPE, text=True)
-            for part in (names[:8], names[8:])
-        ]
-        failed = [int(process.communicate(timeout=60)[0].strip().splitlines()[-1]) for process in processes]
-    refused = [r.status for r in stats.log].count(429)
-    if shared:
-        assert refused == 0 and failed == [0, 0]
-        assert stats.max_requests_in_window("127.0.0.1", 0.25) <= 5
-    else:
-        # Two processes each pacing alone send twice the rate: the server refuses some.
-        assert refused > 0
+        gate.labels = set()  # another run holds both: wait, then go once one is handed over
+        threading.Timer(0.3, lambda: gate.labels.add(pool[0].label)).start()
+        started = time.monotonic()
+        assert fetch_recent(client, stats.api_url, "pkg-3").status == "valid"
+        assert time.monotonic() - started >= 0.25
+        assert stats.requests_for("pkg-3")[0].client_ip == "127.0.0.2"
