@@ -22,13 +22,14 @@ from pypi_downloads_dagster.guards import CHECK_DESCRIPTIONS, IndexTooShort, Pub
 from pypi_downloads_dagster.http import HttpError, ServiceDown
 from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
 from pypi_downloads_dagster.pypi_index import IndexFormatError
-from pypi_downloads_dagster.leases import EgressLeases, Keeper, LeaseTable, chunk_lease, holder_name
+from pypi_downloads_dagster.leases import EGRESS, EgressLeases, Keeper, LeaseTable, chunk_lease, holder_name
 from pypi_downloads_dagster.partitions import (
     FETCHING_RUNS,
     PYPISTATS_POOL,
     current_plan,
     latest_metadata,
     leased_chunks,
+    live_leases,
     recent_stats_chunks,
     retire_chunk_keys,
 )
@@ -232,6 +233,9 @@ def stale_packages(
     cap = config.max_packages if config.max_packages is not None else pypistats.daily_capacity()
     plan = stale.head(cap)
     keys = list(dict.fromkeys(plan["chunk"]))
+    # The plan's work: its own chunks, and the kept older ones (a run holds them now, or will; if
+    # it dies, the cycle runs them again as part of this plan).
+    older = sorted(kept - set(keys))
     for key, names in plan.groupby("chunk", sort=False)["normalized"]:
         store.save_plan(key, names.tolist())  # before the key exists: a run of it always finds them
     context.instance.add_dynamic_partitions(recent_stats_chunks.name, keys)
@@ -254,7 +258,7 @@ def stale_packages(
             "older_chunk_keys_kept": len(kept),
             "packages_held_by_older_chunks": len(held),
             "unpublished_chunks_counted_as_fetched": len(pending),
-            "chunk_keys": dg.MetadataValue.json(keys),
+            "chunk_keys": dg.MetadataValue.json(older + keys),
             **_row_count(plan),
             "preview": _preview(plan),
         },
@@ -275,13 +279,16 @@ def chunk_leases(context: dg.AssetExecutionContext, key: str, egress_labels: lis
     the block runs; every lease is released after it, and expires if this process dies."""
     keeper = Keeper(LeaseTable.of_instance(context.instance), holder_name(context.run.run_id), on_lost=lambda names: lost.set())
     try:
-        if not keeper.take(chunk_lease(key)):
+        taken = keeper.take(chunk_lease(key))
+        if not taken and key not in leased_chunks(context.instance):  # its holder's run had ended: released now
+            taken = keeper.take(chunk_lease(key))
+        if not taken:
             holder = leased_chunks(context.instance).get(key, "another run")
             raise ChunkBusy(f"chunk {key} is being fetched by {holder}; this run asked for nothing")
         # Checked after taking the lease: a plan deletes keys, then reads the leases (`retire_chunk_keys`).
         if not context.instance.has_dynamic_partition(recent_stats_chunks.name, key):
             raise ChunkRetired(f"chunk {key} was removed by a newer plan, which took its packages; this run asked for nothing")
-        egresses = EgressLeases(keeper, egress_labels)
+        egresses = EgressLeases(keeper, egress_labels, clear_dead=lambda: live_leases(context.instance, EGRESS))
         try:
             yield egresses
         finally:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import dagster as dg
 
-from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG, stops_the_cycle
+from pypi_downloads_dagster.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG, stops_the_cycle
 from pypi_downloads_dagster.fetch_store import FetchStore
 from pypi_downloads_dagster.http import Pacing
 from pypi_downloads_dagster.partitions import busy_chunks
@@ -257,10 +257,12 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
         remove_progress_listener(bar)
         bar.close()
 
+    # With chunks left to other runs, this is a checkpoint: the cycle sensor publishes the final
+    # version once they are done (and another `sync` publishes at its own end).
     publish = defs.resolve_job_def("publish_dataset").execute_in_process(
         instance=instance,
         run_config={**QUIET_LOGS, "ops": {"publish": {"config": {"max_row_loss_share": max_row_loss_share}}}},
-        tags={PLAN_TAG: plan_id, PUBLISH_TAG: FINAL},
+        tags={PLAN_TAG: plan_id, PUBLISH_TAG: CHECKPOINT if elsewhere else FINAL},
         raise_on_error=False,
     )
     if signals.received and not publish.success:

@@ -9,7 +9,7 @@ import dagster as dg
 
 from pypi_downloads_dagster import assets
 from pypi_downloads_dagster.jobs import daily_refresh_schedule, fetch_chunk_job, plan_job, publish_job
-from pypi_downloads_dagster.resources import DatasetRepoResource, ProxyPool, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.resources import AtomicFilesystemIOManager, DatasetRepoResource, ProxyPool, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.sensors import CycleSettings, build_cycle_sensor
 from pypi_downloads_dagster.settings import read_settings
 
@@ -40,6 +40,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict:
             endpoint=settings.hf_endpoint,
             local_dir=settings.local_dir,
         ),
+        "io_manager": AtomicFilesystemIOManager(),
         "cycle": CycleSettings(deploy_span_seconds=settings.deploy_span_seconds, max_chunk_attempts=settings.chunk_attempts),
     }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import socket
 import threading
 import time
@@ -57,6 +58,12 @@ _FORGET_EXPIRED = sa.text(f"DELETE FROM {TABLE} WHERE expires_at < :before")
 def holder_name(run_id: str) -> str:
     """Who holds a lease, as a person reads it: the run, the machine and the process."""
     return f"run {run_id} on {socket.gethostname()} (pid {os.getpid()})"
+
+
+def run_of(holder: str) -> Optional[str]:
+    """The run id in a `holder_name` (None for a holder named otherwise)."""
+    match = re.match(r"run (\S+) on ", holder)
+    return match.group(1) if match else None
 
 
 class LeaseTable:
@@ -207,10 +214,16 @@ class EgressLeases:
     faster than its pacing, whatever runs on whatever machines. Used as the HttpClient's `gate`.
     """
 
-    def __init__(self, keeper: Keeper, labels: Sequence[str], *, poll: float = 1.0):
+    def __init__(
+        self, keeper: Keeper, labels: Sequence[str], *, poll: float = 1.0, clear_dead: Optional[Callable[[], None]] = None
+    ):
+        """`clear_dead()`, when given, releases leases of holders known to be dead (a run the
+        instance marked failed); it is called, at most every 5 s, while some egress is taken."""
         self._keeper = keeper
         self._labels = list(dict.fromkeys(labels))
         self._poll = poll
+        self._clear_dead = clear_dead
+        self._cleared_at = 0.0
         self._stop = threading.Event()
         #: {label: seconds until the egress may send again}, from the client using these leases.
         self.resting: Optional[Callable[[], dict[str, float]]] = None
@@ -220,6 +233,12 @@ class EgressLeases:
 
     def _grab(self) -> None:
         held = self._keeper.held()
+        if self._clear_dead is not None and len(held) < len(self._labels) and time.monotonic() - self._cleared_at >= 5:
+            self._cleared_at = time.monotonic()
+            try:
+                self._clear_dead()
+            except Exception:  # the database is briefly unreachable: try again later
+                pass
         for label in self._labels:
             name = egress_lease(label)
             if name in held:

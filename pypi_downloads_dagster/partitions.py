@@ -4,7 +4,9 @@ from typing import Optional
 
 import dagster as dg
 
-from pypi_downloads_dagster.leases import CHUNK, LeaseTable
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+from pypi_downloads_dagster.leases import CHUNK, LeaseTable, run_of
 
 #: One key per chunk, `<plan id>-<chunk number>`, e.g. `20261124T020000-00003`.
 recent_stats_chunks = dg.DynamicPartitionsDefinition(name="recent_stats_chunks")
@@ -30,9 +32,27 @@ def partitions_in_progress(instance: dg.DagsterInstance) -> set[str]:
     return {key for record in records if (key := record.dagster_run.tags.get("dagster/partition"))}
 
 
+def live_leases(instance: dg.DagsterInstance, prefix: str) -> dict[str, str]:
+    """{lease name: holder} of the leases under `prefix`, after releasing those whose run the
+    instance knows has ended (killed and marked failed by run monitoring, say): they need not wait
+    for their lease to expire."""
+    table = LeaseTable.of_instance(instance)
+    leases = table.holders(prefix)
+    runs = {name: run_of(holder) for name, holder in leases.items()}
+    ids = sorted({run_id for run_id in runs.values() if run_id})
+    ended = {
+        record.dagster_run.run_id
+        for record in instance.get_run_records(filters=dg.RunsFilter(run_ids=ids, statuses=list(FINISHED_STATUSES)))
+    } if ids else set()
+    for name, run_id in runs.items():
+        if run_id in ended:
+            table.release([name], leases.pop(name))
+    return leases
+
+
 def leased_chunks(instance: dg.DagsterInstance) -> dict[str, str]:
     """{chunk key: holder} of every chunk a run is fetching now (its lease, see `leases.py`)."""
-    return {name[len(CHUNK):]: holder for name, holder in LeaseTable.of_instance(instance).holders(CHUNK).items()}
+    return {name[len(CHUNK):]: holder for name, holder in live_leases(instance, CHUNK).items()}
 
 
 def backfill_partitions(instance: dg.DagsterInstance) -> set[str]:

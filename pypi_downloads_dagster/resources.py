@@ -3,9 +3,13 @@ and on the proxy pool they all go out through. The work is done by the plain mod
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+import pickle
+import tempfile
+from typing import Any, Optional
 
 import dagster as dg
+from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from pydantic import Field
 
 from pypi_downloads_dagster.http import EgressGate, HttpClient, Pacing, RetryPolicy, parse_proxy_pool
@@ -92,3 +96,31 @@ class DatasetRepoResource(dg.ConfigurableResource):
         if self.repo_id:
             return HubDatasetRepo(self.repo_id, token=self.token or None, endpoint=self.endpoint or None)
         return LocalDatasetRepo(self.local_dir)
+
+
+class _AtomicPickleIOManager(PickledObjectFilesystemIOManager):
+    """Dagster's pickle IO manager, writing each value to a temp file, fsynced, then renamed over
+    the old one: a run reading an asset (the publish reads `pypi_index`) while another writes it
+    gets the old value or the new one, never half a file, on a local disk or a shared folder."""
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
+        folder = os.fspath(path.parent)
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as handle:
+            try:
+                pickle.dump(obj, handle, pickle.HIGHEST_PROTOCOL)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except BaseException:
+                os.unlink(handle.name)
+                raise
+        os.replace(handle.name, os.fspath(path))
+
+
+class AtomicFilesystemIOManager(dg.ConfigurableIOManagerFactory):
+    """Where asset values live between runs: pickles in the instance's storage folder
+    (`$DAGSTER_HOME/storage`, or `$PYPI_DOWNLOADS_SHARED_DIR/storage` with the Postgres instance),
+    written atomically."""
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> _AtomicPickleIOManager:
+        return _AtomicPickleIOManager(base_dir=context.instance.storage_directory())

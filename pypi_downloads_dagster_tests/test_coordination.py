@@ -53,6 +53,27 @@ def test_a_chunk_another_run_holds_is_not_fetched_again(tmp_path, instance):
     assert LeaseTable.of_instance(instance).holders("") == {}  # every lease given back
 
 
+def test_the_lease_of_a_run_that_ended_is_released_at_once(tmp_path, instance):
+    """A killed run's lease would hold its chunk (and its egresses) until it expires; once the
+    instance marks the run failed (run monitoring does), the next run takes them at once."""
+    from pypi_downloads_dagster.leases import EGRESS, holder_name
+    from pypi_downloads_dagster.partitions import leased_chunks, live_leases
+
+    with FakeIndex(NAMES) as index, FakePypistats(STATS, per_second=1000, per_minute=60000) as stats:
+        res = resources(index, stats, tmp_path / "repo")
+        keys = plan(res, instance)["chunk_keys"]
+        dead = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), run_id="00000000-0000-4000-8000-00000000dead")
+        table = LeaseTable.of_instance(instance)
+        assert table.take(chunk_lease(keys[0]), holder_name(dead.run_id))
+        assert table.take(f"{EGRESS}direct", holder_name(dead.run_id))
+        assert keys[0] in leased_chunks(instance)  # its run has not ended: it may be working
+        instance.report_run_failed(dead)
+        assert live_leases(instance, EGRESS) == {} and leased_chunks(instance) == {}
+        assert table.take(chunk_lease(keys[0]), holder_name(dead.run_id))  # killed again, lease left
+        result = run(["recent_stats"], res, instance, partition_key=keys[0])
+        assert result.success and len(stats.log) == 2
+
+
 def test_a_new_plan_leaves_a_running_chunks_packages_to_it(tmp_path, instance):
     """Finding 2: a plan made while an earlier plan's chunks run planned again what those runs were
     about to fetch (28 of 40 asked twice the same day)."""
@@ -64,13 +85,14 @@ def test_a_new_plan_leaves_a_running_chunks_packages_to_it(tmp_path, instance):
         time.sleep(1.1)  # plan ids are per second
         second = plan(res, instance)
         assert second["older_chunk_keys_kept"] == 1 and second["packages_held_by_older_chunks"] == 2
-        assert second["packages"] == 4 and first[0] not in second["chunk_keys"]
+        # The kept chunk is part of the new plan's work (run again by the cycle if its run dies).
+        assert second["packages"] == 4 and second["chunk_keys"][0] == first[0] and second["chunks"] == 2
         live = set(instance.get_dynamic_partitions(recent_stats_chunks.name))
-        assert live == {first[0], *second["chunk_keys"]}  # the other old keys went
+        assert live == set(second["chunk_keys"])  # the other old keys went
         # The old chunk's run goes on under the new plan: it knows its packages.
         table.release([chunk_lease(first[0])], "run of the first plan")
         run(["recent_stats"], res, instance, partition_key=first[0])
-        for key in second["chunk_keys"]:
+        for key in second["chunk_keys"][1:]:
             run(["recent_stats"], res, instance, partition_key=key)
         # A key the new plan removed cannot be run (its packages are in the new plan).
         with pytest.raises(dg.DagsterUnknownPartitionError):
@@ -97,7 +119,7 @@ def test_a_new_plan_keeps_the_keys_of_a_backfill_still_launching(tmp_path, insta
         time.sleep(1.1)
         second = plan(res, instance)
         assert second["older_chunk_keys_kept"] == 2 and second["packages_held_by_older_chunks"] == 4
-        assert second["packages"] == 2
+        assert second["packages"] == 2 and second["chunk_keys"][:2] == sorted(first[:2])
         assert set(first[:2]) <= set(instance.get_dynamic_partitions(recent_stats_chunks.name))
         assert first[2] not in instance.get_dynamic_partitions(recent_stats_chunks.name)
     assert stats.log == []

@@ -282,3 +282,27 @@ def test_plans_are_stored_per_chunk_and_writes_leave_no_temp_files(tmp_path):
     assert not [path for path in tmp_path.rglob(".tmp-*")]
     with pytest.raises(ValueError):
         store.save_plan("../escape", ["x"])
+
+
+def test_the_io_manager_never_leaves_half_a_value(tmp_path):
+    """A value that fails to pickle halfway (or a crash mid-write) leaves the previous value whole:
+    Dagster's own pickle IO manager truncates the file first."""
+    import pickle
+
+    import dagster as dg
+
+    from pypi_downloads_dagster.resources import AtomicFilesystemIOManager
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise pickle.PicklingError("halfway")
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        manager = AtomicFilesystemIOManager().create_io_manager(dg.build_init_resource_context(instance=instance))
+        context = dg.build_output_context(asset_key=dg.AssetKey("pypi_index"))
+        manager.handle_output(context, {"projects": ["a", "b"]})
+        with pytest.raises(pickle.PicklingError):
+            manager.handle_output(context, {"projects": ["a", "b", "c"], "bad": Unpicklable()})
+        loaded = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("pypi_index"), upstream_output=context))
+        assert loaded == {"projects": ["a", "b"]}
+        assert not list(tmp_path.rglob(".tmp-*"))
