@@ -202,7 +202,9 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
     index_meta = _materialization_metadata(plan, "pypi_index")
     plan_id = _materialization_metadata(plan, "stale_packages")["plan_id"]
     plan_frame = plan.output_for_node("stale_packages")
-    keys = list(dict.fromkeys(plan_frame["chunk"]))
+    # The plan's work: its own chunks and the older ones it kept (runs elsewhere hold them; if they
+    # are done by the time we get there, their runs here ask for nothing).
+    keys = list(_materialization_metadata(plan, "stale_packages")["chunk_keys"])
     _say(
         f"index: {index_meta.get('projects', '?')} projects; plan {plan_id}: {len(plan_frame)} stale packages in "
         f"{len(keys)} chunks, about {_plan_eta(len(plan_frame), settings)} at "
