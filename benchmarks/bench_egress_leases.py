@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
 
-from pypi_downloads_dagster.http import Pacing  # noqa: E402
-from pypi_downloads_dagster.leases import LeaseTable  # noqa: E402
+from pypi_downloads_dagster.services.http import Pacing  # noqa: E402
+from pypi_downloads_dagster.orchestration.leases import LeaseTable  # noqa: E402
 from pypi_downloads_dagster_tests.conftest import write_instance  # noqa: E402
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy  # noqa: E402
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats  # noqa: E402

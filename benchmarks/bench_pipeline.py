@@ -16,13 +16,13 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 
-from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches, plan_stale
-from pypi_downloads_dagster.fetch_store import FetchStore
-from pypi_downloads_dagster.guards import PublishGuards
-from pypi_downloads_dagster.hub import ExistingDataset
-from pypi_downloads_dagster.publish import prepare_publication
-from pypi_downloads_dagster.pypi_index import build_project_index, parse_index_html, parse_index_json
-from pypi_downloads_dagster.schema import DATASET_FILE, dataset_to_parquet, normalize_name, read_dataset_file
+from pypi_downloads_dagster.dataset.frames import merge_dataset, newest_fetches, plan_stale
+from pypi_downloads_dagster.dataset.store import FetchStore
+from pypi_downloads_dagster.dataset.guards import PublishGuards
+from pypi_downloads_dagster.publishing.hub import ExistingDataset
+from pypi_downloads_dagster.publishing.publish import prepare_publication
+from pypi_downloads_dagster.services.pypi_index import build_project_index, parse_index_html, parse_index_json
+from pypi_downloads_dagster.dataset.schema import DATASET_FILE, dataset_to_parquet, normalize_name, read_dataset_file
 
 
 def measure(label, fn, *, repeatable=True):

@@ -18,9 +18,9 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 
-from pypi_downloads_dagster.card import render_dataset_card
-from pypi_downloads_dagster.charts import render_charts
-from pypi_downloads_dagster.schema import conform, normalize_names
+from pypi_downloads_dagster.publishing.card import render_dataset_card
+from pypi_downloads_dagster.publishing.charts import render_charts
+from pypi_downloads_dagster.dataset.schema import conform, normalize_names
 
 NOW = 1_750_000_000.0  # fixed "now" so runs are comparable
 

@@ -15,11 +15,11 @@ from typing import Optional
 
 import dagster as dg
 
-from pypi_downloads_dagster.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG, stops_the_cycle
-from pypi_downloads_dagster.fetch_store import FetchStore
-from pypi_downloads_dagster.http import Pacing
-from pypi_downloads_dagster.partitions import busy_chunks
-from pypi_downloads_dagster.pypistats import FetchProgress, format_duration
+from pypi_downloads_dagster.orchestration.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG, stops_the_cycle
+from pypi_downloads_dagster.dataset.store import FetchStore
+from pypi_downloads_dagster.services.http import Pacing
+from pypi_downloads_dagster.orchestration.partitions import busy_chunks
+from pypi_downloads_dagster.services.pypistats import FetchProgress, format_duration
 from pypi_downloads_dagster.run_control import add_progress_listener, remove_progress_listener, stop_requested
 from pypi_downloads_dagster.settings import SettingsError, read_settings
 

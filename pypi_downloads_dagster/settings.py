@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Optional
 from urllib.parse import urlsplit
 
-from pypi_downloads_dagster.http import parse_proxy_pool, redact_url
-from pypi_downloads_dagster.pypistats import DEFAULT_API_URL
-from pypi_downloads_dagster.resources import DEFAULT_INDEX_URL, DEFAULT_LOCAL_DIR
+from pypi_downloads_dagster.services.http import parse_proxy_pool, redact_url
+from pypi_downloads_dagster.services.pypistats import DEFAULT_API_URL
+from pypi_downloads_dagster.orchestration.resources import DEFAULT_INDEX_URL, DEFAULT_LOCAL_DIR
 
 #: Hub repo ids: `namespace/name`, letters, digits, `-`, `_`, `.` (the Hub's own rule).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pypi_downloads_dagster.schema import normalize_name
+from pypi_downloads_dagster.dataset.schema import normalize_name
 
 REPO = "demo/pypi-downloads"
 TOKEN = "hf_demo_token"

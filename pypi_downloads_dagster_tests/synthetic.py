@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from pypi_downloads_dagster.schema import COUNT_COLUMNS, conform
+from pypi_downloads_dagster.dataset.schema import COUNT_COLUMNS, conform
 
 NEWEST_FETCH = 1_709_251_200.0  # 2024-03-01 00:00 UTC
 

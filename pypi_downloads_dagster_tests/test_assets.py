@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import dagster as dg
 
-from pypi_downloads_dagster import assets
+from pypi_downloads_dagster.orchestration import assets
 from pypi_downloads_dagster.cli import run_failure
-from pypi_downloads_dagster.hub import LocalDatasetRepo
-from pypi_downloads_dagster.partitions import recent_stats_chunks
-from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
-from pypi_downloads_dagster.schema import DATASET_FILE, read_dataset_file
+from pypi_downloads_dagster.publishing.hub import LocalDatasetRepo
+from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
+from pypi_downloads_dagster.orchestration.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.dataset.schema import DATASET_FILE, read_dataset_file
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 

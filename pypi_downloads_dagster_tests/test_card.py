@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from huggingface_hub import DatasetCard
 
-from pypi_downloads_dagster.card import (
+from pypi_downloads_dagster.publishing.card import (
     READER_TYPES,
     SAMPLE_ROWS,
     card_without_front_matter,
@@ -20,8 +20,8 @@ from pypi_downloads_dagster.card import (
     sample_rows,
     size_category,
 )
-from pypi_downloads_dagster.charts import CHART_FILES
-from pypi_downloads_dagster.schema import COLUMNS, COUNT_COLUMNS, conform, empty_dataset
+from pypi_downloads_dagster.publishing.charts import CHART_FILES
+from pypi_downloads_dagster.dataset.schema import COLUMNS, COUNT_COLUMNS, conform, empty_dataset
 from pypi_downloads_dagster_tests.synthetic import synthetic_dataset
 
 REPO = "someone/pypi-downloads"

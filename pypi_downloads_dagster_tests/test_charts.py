@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pypi_downloads_dagster import charts
+from pypi_downloads_dagster.publishing import charts
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from pypi_downloads_dagster.charts import (
+from pypi_downloads_dagster.publishing.charts import (
     CHART_FILES,
     PERCENTILES,
     chart_thumbnails_markdown,    cumulative_share,
@@ -31,7 +31,7 @@ from pypi_downloads_dagster.charts import (
     snapshot_date,
     top_packages,
 )
-from pypi_downloads_dagster.schema import COUNT_COLUMNS, empty_dataset
+from pypi_downloads_dagster.dataset.schema import COUNT_COLUMNS, empty_dataset
 from pypi_downloads_dagster_tests.synthetic import synthetic_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -239,8 +239,8 @@ def test_render_charts_in_threads_matches_serial(rendered):
 def test_rendering_never_imports_pyplot():
     code = (
         "import sys\n"
-        "from pypi_downloads_dagster.charts import render_charts\n"
-        "from pypi_downloads_dagster.schema import empty_dataset\n"
+        "from pypi_downloads_dagster.publishing.charts import render_charts\n"
+        "from pypi_downloads_dagster.dataset.schema import empty_dataset\n"
         "render_charts(empty_dataset())\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pypi_downloads_dagster.fetch_store import FetchStore
+from pypi_downloads_dagster.dataset.store import FetchStore
 from pypi_downloads_dagster_tests.fakes.env import service_env
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex

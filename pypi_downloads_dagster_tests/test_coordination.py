@@ -7,9 +7,9 @@ import time
 import dagster as dg
 import pytest
 
-from pypi_downloads_dagster.leases import LeaseTable, chunk_lease
-from pypi_downloads_dagster.partitions import current_plan, recent_stats_chunks
-from pypi_downloads_dagster.schema import normalize_name
+from pypi_downloads_dagster.orchestration.leases import LeaseTable, chunk_lease
+from pypi_downloads_dagster.orchestration.partitions import current_plan, recent_stats_chunks
+from pypi_downloads_dagster.dataset.schema import normalize_name
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 from pypi_downloads_dagster_tests.test_assets import PLAN, failure, instance, resources, run  # noqa: F401 - fixture
@@ -56,8 +56,8 @@ def test_a_chunk_another_run_holds_is_not_fetched_again(tmp_path, instance):
 def test_the_lease_of_a_run_that_ended_is_released_at_once(tmp_path, instance):
     """A killed run's lease would hold its chunk (and its egresses) until it expires; once the
     instance marks the run failed (run monitoring does), the next run takes them at once."""
-    from pypi_downloads_dagster.leases import EGRESS, holder_name
-    from pypi_downloads_dagster.partitions import leased_chunks, live_leases
+    from pypi_downloads_dagster.orchestration.leases import EGRESS, holder_name
+    from pypi_downloads_dagster.orchestration.partitions import leased_chunks, live_leases
 
     with FakeIndex(NAMES) as index, FakePypistats(STATS, per_second=1000, per_minute=60000) as stats:
         res = resources(index, stats, tmp_path / "repo")

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import dagster as dg
 
-from pypi_downloads_dagster.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG, ChunkState, PublishState, next_actions
+from pypi_downloads_dagster.orchestration.cycle import CHECKPOINT, FINAL, PLAN_TAG, PUBLISH_TAG, ChunkState, PublishState, next_actions
 from pypi_downloads_dagster.definitions import build_definitions
-from pypi_downloads_dagster.http import RetryPolicy
-from pypi_downloads_dagster.resources import _RetrySettings
-from pypi_downloads_dagster.fetch_store import FetchStore
-from pypi_downloads_dagster.partitions import recent_stats_chunks
-from pypi_downloads_dagster.schema import DATASET_FILE, read_dataset_file
+from pypi_downloads_dagster.services.http import RetryPolicy
+from pypi_downloads_dagster.orchestration.resources import _RetrySettings
+from pypi_downloads_dagster.dataset.store import FetchStore
+from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
+from pypi_downloads_dagster.dataset.schema import DATASET_FILE, read_dataset_file
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 

@@ -15,9 +15,9 @@ import pytest
 import requests
 import dagster as dg
 
-from pypi_downloads_dagster.cycle import FINAL, PLAN_TAG, PUBLISH_TAG
-from pypi_downloads_dagster.schema import normalize_name, read_dataset_file
-from pypi_downloads_dagster.partitions import current_plan
+from pypi_downloads_dagster.orchestration.cycle import FINAL, PLAN_TAG, PUBLISH_TAG
+from pypi_downloads_dagster.dataset.schema import normalize_name, read_dataset_file
+from pypi_downloads_dagster.orchestration.partitions import current_plan
 from pypi_downloads_dagster_tests.fakes.env import service_env
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pypi_downloads_dagster.dataset import DAY, merge_dataset, newest_fetches, plan_stale
-from pypi_downloads_dagster.pypi_index import build_project_index
-from pypi_downloads_dagster.schema import conform
+from pypi_downloads_dagster.dataset.frames import DAY, merge_dataset, newest_fetches, plan_stale
+from pypi_downloads_dagster.services.pypi_index import build_project_index
+from pypi_downloads_dagster.dataset.schema import conform
 
 NOW = 1_800_000_000.0
 

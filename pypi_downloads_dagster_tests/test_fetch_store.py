@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pypi_downloads_dagster.fetch_store import FETCHED_SCHEMA, FetchStore, InvalidFetchRow
-from pypi_downloads_dagster.pypistats import RecentCounts, counts_day_start
-from pypi_downloads_dagster.schema import EARLIEST_UPDATED_AT, MAX_COUNT
+from pypi_downloads_dagster.dataset.store import FETCHED_SCHEMA, FetchStore, InvalidFetchRow
+from pypi_downloads_dagster.services.pypistats import RecentCounts, counts_day_start
+from pypi_downloads_dagster.dataset.schema import EARLIEST_UPDATED_AT, MAX_COUNT
 
 T = 1_800_000_000.0
 
@@ -111,12 +111,12 @@ def test_bad_journal_lines_are_set_aside_and_the_rest_of_the_chunk_reads(tmp_pat
         + "\n"
         + '{"normalized": "cut", "last_d'  # a killed run's last line: skipped, not set aside
     )
-    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
+    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.dataset.store"):
         frame = store.read("K")
     assert sorted(frame["normalized"]) == ["a", "b", "max"]
     assert frame.set_index("normalized").loc["max", "last_month"] == MAX_COUNT
     assert str(frame["last_day"].dtype) == "Int64"
-    warnings = [r for r in caplog.records if r.name == "pypi_downloads_dagster.fetch_store" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "pypi_downloads_dagster.dataset.store" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     message = warnings[0].getMessage()
     assert "chunk K" in message and f"{len(bad_lines)} line(s)" in message and "not valid JSON" in message
@@ -151,7 +151,7 @@ def test_bad_rows_in_a_chunk_file_are_set_aside(tmp_path, caplog):
     )
     # Written directly, as an older version or a hand edit could have left it.
     pq.write_table(pa.Table.from_pandas(frame, schema=FETCHED_SCHEMA, preserve_index=False), tmp_path / "K.parquet")
-    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
+    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.dataset.store"):
         read = store.read("K")
     assert sorted(read["normalized"]) == ["a", "b"]
     records = rejected_records(tmp_path / "K.rejected.jsonl")
@@ -173,7 +173,7 @@ def test_record_and_write_refuse_values_that_cannot_be_stored(tmp_path, caplog):
             record(RecentCounts("odd", 1, 2, 3, "maybe", T))
     assert [json.loads(line)["normalized"] for line in (journal_file(tmp_path, "K")).read_text().splitlines()] == ["a"]
 
-    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.fetch_store"):
+    with caplog.at_level(logging.WARNING, logger="pypi_downloads_dagster.dataset.store"):
         store.write("K", rows(("b", 4, 5, 6, "valid", T), ("negative", -1, 5, 6, "valid", T), ("c", 1, 1, 1, "empty", T)))
     assert sorted(store.read("K")["normalized"]) == ["a", "b"]
     assert [r["line"] for r in rejected_records(tmp_path / "K.rejected.jsonl")] == [
@@ -217,7 +217,7 @@ def test_a_read_while_another_run_folds_the_journal_misses_nothing(tmp_path, mon
     """Issue 7, finding 4: the store read with exists-then-read, the file before the journal; a run
     folding its journal into the file in between made those rows vanish from the read (planned
     again, asked twice). The fold is made to land right after the reader's first read."""
-    import pypi_downloads_dagster.fetch_store as module
+    import pypi_downloads_dagster.dataset.store as module
 
     store = at_t(tmp_path)
     store.write("K", rows(("a", 1, 1, 1, "valid", T)))
@@ -291,7 +291,7 @@ def test_the_io_manager_never_leaves_half_a_value(tmp_path):
 
     import dagster as dg
 
-    from pypi_downloads_dagster.resources import AtomicFilesystemIOManager
+    from pypi_downloads_dagster.orchestration.resources import AtomicFilesystemIOManager
 
     class Unpicklable:
         def __reduce__(self):

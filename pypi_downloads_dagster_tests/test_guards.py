@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pypi_downloads_dagster.guards import (
+from pypi_downloads_dagster.dataset.guards import (
     Baseline,
     IndexTooShort,
     PublishGuards,
@@ -14,8 +14,8 @@ from pypi_downloads_dagster.guards import (
     integrity_checks,
     next_baseline,
 )
-from pypi_downloads_dagster.pypi_index import build_project_index
-from pypi_downloads_dagster.schema import conform
+from pypi_downloads_dagster.services.pypi_index import build_project_index
+from pypi_downloads_dagster.dataset.schema import conform
 
 NOW = 1_760_000_000.0
 

@@ -9,7 +9,7 @@ import pytest
 
 import requests
 
-from pypi_downloads_dagster.http import (
+from pypi_downloads_dagster.services.http import (
     BadAnswer,
     HttpClient,
     HttpError,
@@ -19,7 +19,7 @@ from pypi_downloads_dagster.http import (
     parse_proxy_pool,
     redact_url,
 )
-from pypi_downloads_dagster.pypistats import fetch_many, fetch_recent, recent_url
+from pypi_downloads_dagster.services.pypistats import fetch_many, fetch_recent, recent_url
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 

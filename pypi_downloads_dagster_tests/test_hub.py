@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 from huggingface_hub import HfApi
 
-from pypi_downloads_dagster.hub import (
+from pypi_downloads_dagster.publishing.hub import (
     DatasetReadError,
     HubDatasetRepo,
     LocalDatasetRepo,
     PublishConflict,
     read_existing_dataset,
 )
-from pypi_downloads_dagster.guards import PublishGuards
-from pypi_downloads_dagster.publish import commit_changes, publish_snapshot
-from pypi_downloads_dagster.pypi_index import build_project_index
-from pypi_downloads_dagster.schema import conform, dataset_to_parquet, read_dataset_file
+from pypi_downloads_dagster.dataset.guards import PublishGuards
+from pypi_downloads_dagster.publishing.publish import commit_changes, publish_snapshot
+from pypi_downloads_dagster.services.pypi_index import build_project_index
+from pypi_downloads_dagster.dataset.schema import conform, dataset_to_parquet, read_dataset_file
 from pypi_downloads_dagster_tests.fakes.hub import DROP, FakeHub
 
 REPO = "tester/pypi-downloads"
@@ -332,7 +332,7 @@ def test_two_local_publishers_on_one_parent_never_mix_their_files(tmp_path, monk
     import threading
     import time
 
-    import pypi_downloads_dagster.hub as hub_module
+    import pypi_downloads_dagster.publishing.hub as hub_module
 
     repo = LocalDatasetRepo(tmp_path / "repo")
     parent = commit_changes(repo, read_existing_dataset(repo), files_for(conform(old_frame())), "first").commit

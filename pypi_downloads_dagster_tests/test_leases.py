@@ -9,7 +9,7 @@ import time
 import dagster as dg
 import pytest
 
-from pypi_downloads_dagster.leases import EgressLeases, Keeper, LeaseTable, chunk_lease
+from pypi_downloads_dagster.orchestration.leases import EgressLeases, Keeper, LeaseTable, chunk_lease
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 from pypi_downloads_dagster_tests.test_http import SCALED, counts
@@ -51,7 +51,7 @@ def test_one_holder_at_a_time_and_a_dead_holders_lease_expires(instance_env):
 _CONTEND = """
 import os, sys, time
 import dagster as dg
-from pypi_downloads_dagster.leases import LeaseTable
+from pypi_downloads_dagster.orchestration.leases import LeaseTable
 home, log, start_at, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 me = f"pid {os.getpid()}"
 with dg.DagsterInstance.from_config(home) as instance:
@@ -98,9 +98,9 @@ def test_processes_racing_for_one_lease_never_hold_it_together(instance_env, tmp
 _FETCH_WITH_LEASES = """
 import os, sys, time
 import dagster as dg
-from pypi_downloads_dagster.http import HttpClient, Pacing, RetryPolicy, parse_proxy_pool
-from pypi_downloads_dagster.leases import EgressLeases, Keeper, LeaseTable
-from pypi_downloads_dagster.pypistats import fetch_many
+from pypi_downloads_dagster.services.http import HttpClient, Pacing, RetryPolicy, parse_proxy_pool
+from pypi_downloads_dagster.orchestration.leases import EgressLeases, Keeper, LeaseTable
+from pypi_downloads_dagster.services.pypistats import fetch_many
 home, api_url, proxies, start_at, *names = sys.argv[1:]
 pool = parse_proxy_pool(proxies)
 with dg.DagsterInstance.from_config(home) as instance:

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from pypi_downloads_dagster.partitions import current_plan
-from pypi_downloads_dagster.schema import normalize_name, read_dataset_file
+from pypi_downloads_dagster.orchestration.partitions import current_plan
+from pypi_downloads_dagster.dataset.schema import normalize_name, read_dataset_file
 from pypi_downloads_dagster_tests.conftest import write_instance
 from pypi_downloads_dagster_tests.fakes.env import service_env
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub

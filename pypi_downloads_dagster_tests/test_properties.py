@@ -11,10 +11,10 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pypi_downloads_dagster.dataset import merge_dataset, newest_fetches
-from pypi_downloads_dagster.guards import PublishGuards, guard_figures
-from pypi_downloads_dagster.pypi_index import build_project_index, is_valid_name
-from pypi_downloads_dagster.schema import (
+from pypi_downloads_dagster.dataset.frames import merge_dataset, newest_fetches
+from pypi_downloads_dagster.dataset.guards import PublishGuards, guard_figures
+from pypi_downloads_dagster.services.pypi_index import build_project_index, is_valid_name
+from pypi_downloads_dagster.dataset.schema import (
     COLUMNS,
     conform,
     dataset_to_parquet,

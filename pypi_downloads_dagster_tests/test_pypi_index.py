@@ -2,8 +2,8 @@
 
 import pytest
 
-from pypi_downloads_dagster.http import HttpClient, HttpError, RetryPolicy
-from pypi_downloads_dagster.pypi_index import IndexFormatError, JSON_TYPE, fetch_index, parse_index_html, parse_index_json
+from pypi_downloads_dagster.services.http import HttpClient, HttpError, RetryPolicy
+from pypi_downloads_dagster.services.pypi_index import IndexFormatError, JSON_TYPE, fetch_index, parse_index_html, parse_index_json
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 
 PROJECTS = ["Django", "zope.interface", "requests", "Foo_Bar", "a", "0"]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pypi_downloads_dagster.http import HttpClient, HttpError, Pacing, RetryPolicy, ServiceDown, parse_proxy_pool
-from pypi_downloads_dagster.pypistats import (
+from pypi_downloads_dagster.services.http import HttpClient, HttpError, Pacing, RetryPolicy, ServiceDown, parse_proxy_pool
+from pypi_downloads_dagster.services.pypistats import (
     BrokenClock,
     FetchProgress,
     FetchStopped,
@@ -20,7 +20,7 @@ from pypi_downloads_dagster.pypistats import (
     fetch_recent,
     parse_recent,
 )
-from pypi_downloads_dagster.schema import EARLIEST_UPDATED_AT, MAX_COUNT
+from pypi_downloads_dagster.dataset.schema import EARLIEST_UPDATED_AT, MAX_COUNT
 from pypi_downloads_dagster_tests.fakes.proxy import FakeProxy
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 

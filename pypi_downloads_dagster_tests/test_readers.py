@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pypi_downloads_dagster.card import READER_TYPES, render_dataset_card
-from pypi_downloads_dagster.schema import COUNT_COLUMNS, conform, dataset_to_parquet
+from pypi_downloads_dagster.publishing.card import READER_TYPES, render_dataset_card
+from pypi_downloads_dagster.dataset.schema import COUNT_COLUMNS, conform, dataset_to_parquet
 
 BIG = 2**53 + 1  # float64 cannot hold it: a detour through float would show
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pypi_downloads_dagster.schema import (
+from pypi_downloads_dagster.dataset.schema import (
     COLUMNS,
     COUNT_COLUMNS,
     DATASET_SCHEMA,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pypi_downloads_dagster.schema import normalize_name, read_dataset_file
+from pypi_downloads_dagster.dataset.schema import normalize_name, read_dataset_file
 from pypi_downloads_dagster_tests.fakes.env import service_env
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex

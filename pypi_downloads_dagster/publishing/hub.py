@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from pypi_downloads_dagster.guards import Baseline
-from pypi_downloads_dagster.http import redact_url
-from pypi_downloads_dagster.schema import (
+from pypi_downloads_dagster.dataset.guards import Baseline
+from pypi_downloads_dagster.services.http import redact_url
+from pypi_downloads_dagster.dataset.schema import (
     DATASET_FILE,
     LEGACY_DATASET_FILE,
     DatasetFormatError,

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image  # Pillow is a dependency of matplotlib
 
-from .schema import COUNT_COLUMNS
+from pypi_downloads_dagster.dataset.schema import COUNT_COLUMNS
 
 CHART_FILES = ("download_distribution.png", "top_packages.png")
 PERIOD_LABELS = {"last_day": "Last day", "last_week": "Last week", "last_month": "Last month"}

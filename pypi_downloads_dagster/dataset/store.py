@@ -41,8 +41,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pypi_downloads_dagster.dataset import newest_fetches, with_normalized
-from pypi_downloads_dagster.schema import (
+from pypi_downloads_dagster.dataset.frames import newest_fetches, with_normalized
+from pypi_downloads_dagster.dataset.schema import (
     COUNT_COLUMNS,
     EARLIEST_UPDATED_AT,
     MAX_CLOCK_SKEW_SECONDS,
@@ -52,7 +52,7 @@ from pypi_downloads_dagster.schema import (
     STATUSES,
 )
 
-logger = logging.getLogger("pypi_downloads_dagster.fetch_store")
+logger = logging.getLogger("pypi_downloads_dagster.dataset.store")
 
 JOURNALS = "journals"
 PLANS = "plans"
@@ -208,7 +208,7 @@ class FetchStore:
 
         Journal lines and file rows that cannot be a fetch (not JSON, except a cut-off last line;
         values failing `row_problem`) are left out, appended to `<key>.rejected.jsonl` and named in
-        a warning on the `pypi_downloads_dagster.fetch_store` logger; the rest reads normally.
+        a warning on the `pypi_downloads_dagster.dataset.store` logger; the rest reads normally.
         """
         now = self._clock()
         parts, rejected = [], []

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .charts import CHART_FILES, PERIOD_LABELS, TOP_N, period_stats, snapshot_date, top_packages
-from .schema import COLUMN_DOCS, COLUMNS, COUNT_COLUMNS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID
+from pypi_downloads_dagster.publishing.charts import CHART_FILES, PERIOD_LABELS, TOP_N, period_stats, snapshot_date, top_packages
+from pypi_downloads_dagster.dataset.schema import COLUMN_DOCS, COLUMNS, COUNT_COLUMNS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID
 
 PRETTY_NAME = "PyPI Download Counts"
 TAGS = ["pypi", "python", "packages", "downloads", "pypistats", "statistics"]

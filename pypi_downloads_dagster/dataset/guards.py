@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from pypi_downloads_dagster.schema import STATUS_EMPTY, STATUS_VALID, normalize_names
+from pypi_downloads_dagster.dataset.schema import STATUS_EMPTY, STATUS_VALID, normalize_names
 
 
 def _keys(frame: pd.DataFrame) -> pd.Series:

@@ -8,8 +8,8 @@ import re
 
 import pandas as pd
 
-from pypi_downloads_dagster.http import HttpClient, HttpError, redact_url
-from pypi_downloads_dagster.schema import PUBLIC_INDEX_URL, normalize_name, normalize_names
+from pypi_downloads_dagster.services.http import HttpClient, HttpError, redact_url
+from pypi_downloads_dagster.dataset.schema import PUBLIC_INDEX_URL, normalize_name, normalize_names
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPES = ("text/html", "application/vnd.pypi.simple.v1+html")

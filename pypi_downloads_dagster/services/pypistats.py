@@ -14,8 +14,8 @@ from urllib.parse import quote
 import pandas as pd
 import requests
 
-from pypi_downloads_dagster.http import BadAnswer, HttpClient, HttpError, RequestStopped, ServiceDown
-from pypi_downloads_dagster.schema import COUNT_COLUMNS, EARLIEST_UPDATED_AT, MAX_COUNT, STATUS_EMPTY, STATUS_VALID, normalize_name
+from pypi_downloads_dagster.services.http import BadAnswer, HttpClient, HttpError, RequestStopped, ServiceDown
+from pypi_downloads_dagster.dataset.schema import COUNT_COLUMNS, EARLIEST_UPDATED_AT, MAX_COUNT, STATUS_EMPTY, STATUS_VALID, normalize_name
 
 DEFAULT_API_URL = "https://pypistats.org/api"
 

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from pypi_downloads_dagster.schema import (
+from pypi_downloads_dagster.dataset.schema import (
     COLUMNS,
     COUNT_COLUMNS,
     EARLIEST_UPDATED_AT,

@@ -6,7 +6,7 @@ import dagster as dg
 
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-from pypi_downloads_dagster.leases import CHUNK, LeaseTable, run_of
+from pypi_downloads_dagster.orchestration.leases import CHUNK, LeaseTable, run_of
 
 #: One key per chunk, `<plan id>-<chunk number>`, e.g. `20261124T020000-00003`.
 recent_stats_chunks = dg.DynamicPartitionsDefinition(name="recent_stats_chunks")

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from pypi_downloads_dagster.partitions import recent_stats_chunks
+from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
 
 plan_job = dg.define_asset_job(
     "plan_refresh",

@@ -13,8 +13,8 @@ from typing import Optional
 
 import pandas as pd
 
-from pypi_downloads_dagster.dataset import MergeStats, merge_dataset
-from pypi_downloads_dagster.guards import (
+from pypi_downloads_dagster.dataset.frames import MergeStats, merge_dataset
+from pypi_downloads_dagster.dataset.guards import (
     Baseline,
     GuardFigure,
     IntegrityCheck,
@@ -24,8 +24,8 @@ from pypi_downloads_dagster.guards import (
     integrity_checks,
     next_baseline,
 )
-from pypi_downloads_dagster.hub import DatasetRepo, ExistingDataset, PublishConflict, read_existing_dataset
-from pypi_downloads_dagster.schema import DATASET_FILE, LEGACY_DATASET_FILE, normalize_names
+from pypi_downloads_dagster.publishing.hub import DatasetRepo, ExistingDataset, PublishConflict, read_existing_dataset
+from pypi_downloads_dagster.dataset.schema import DATASET_FILE, LEGACY_DATASET_FILE, normalize_names
 
 #: Reads and merges again after a conflicting commit before the publish gives up.
 PUBLISH_ATTEMPTS = 3

@@ -12,10 +12,10 @@ import dagster as dg
 from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from pydantic import Field
 
-from pypi_downloads_dagster.http import EgressGate, HttpClient, Pacing, RetryPolicy, parse_proxy_pool
-from pypi_downloads_dagster.hub import DatasetRepo, HubDatasetRepo, LocalDatasetRepo
-from pypi_downloads_dagster.pypi_index import ProjectIndex, fetch_index
-from pypi_downloads_dagster.pypistats import DEFAULT_API_URL, daily_capacity
+from pypi_downloads_dagster.services.http import EgressGate, HttpClient, Pacing, RetryPolicy, parse_proxy_pool
+from pypi_downloads_dagster.publishing.hub import DatasetRepo, HubDatasetRepo, LocalDatasetRepo
+from pypi_downloads_dagster.services.pypi_index import ProjectIndex, fetch_index
+from pypi_downloads_dagster.services.pypistats import DEFAULT_API_URL, daily_capacity
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple/"
 DEFAULT_LOCAL_DIR = "./data/dataset"

@@ -13,17 +13,17 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from pypi_downloads_dagster.card import card_without_front_matter, markdown_table, render_dataset_card, utc_time
-from pypi_downloads_dagster.charts import chart_thumbnails_markdown, render_charts
-from pypi_downloads_dagster.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
-from pypi_downloads_dagster.dataset import choose_canary, merge_dataset, newest_fetches, plan_stale
-from pypi_downloads_dagster.fetch_store import FetchStore
-from pypi_downloads_dagster.guards import CHECK_DESCRIPTIONS, IndexTooShort, PublishGuards, PublishRefused, check_index_length
-from pypi_downloads_dagster.http import HttpError, ServiceDown
-from pypi_downloads_dagster.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
-from pypi_downloads_dagster.pypi_index import IndexFormatError
-from pypi_downloads_dagster.leases import EGRESS, EgressLeases, Keeper, LeaseTable, chunk_lease, holder_name
-from pypi_downloads_dagster.partitions import (
+from pypi_downloads_dagster.publishing.card import card_without_front_matter, markdown_table, render_dataset_card, utc_time
+from pypi_downloads_dagster.publishing.charts import chart_thumbnails_markdown, render_charts
+from pypi_downloads_dagster.orchestration.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
+from pypi_downloads_dagster.dataset.frames import choose_canary, merge_dataset, newest_fetches, plan_stale
+from pypi_downloads_dagster.dataset.store import FetchStore
+from pypi_downloads_dagster.dataset.guards import CHECK_DESCRIPTIONS, IndexTooShort, PublishGuards, PublishRefused, check_index_length
+from pypi_downloads_dagster.services.http import HttpError, ServiceDown
+from pypi_downloads_dagster.publishing.hub import DatasetReadError, ExistingDataset, PublishConflict, read_existing_dataset
+from pypi_downloads_dagster.services.pypi_index import IndexFormatError
+from pypi_downloads_dagster.orchestration.leases import EGRESS, EgressLeases, Keeper, LeaseTable, chunk_lease, holder_name
+from pypi_downloads_dagster.orchestration.partitions import (
     FETCHING_RUNS,
     PYPISTATS_POOL,
     current_plan,
@@ -33,8 +33,8 @@ from pypi_downloads_dagster.partitions import (
     recent_stats_chunks,
     retire_chunk_keys,
 )
-from pypi_downloads_dagster.publish import Publication, publish_snapshot
-from pypi_downloads_dagster.pypistats import (
+from pypi_downloads_dagster.publishing.publish import Publication, publish_snapshot
+from pypi_downloads_dagster.services.pypistats import (
     BrokenClock,
     FetchProgress,
     FetchStopped,
@@ -45,8 +45,8 @@ from pypi_downloads_dagster.pypistats import (
     fetch_many,
 )
 from pypi_downloads_dagster.run_control import AnyOf, report_progress, stop_requested
-from pypi_downloads_dagster.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
-from pypi_downloads_dagster.schema import COLUMN_DOCS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
+from pypi_downloads_dagster.orchestration.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.dataset.schema import COLUMN_DOCS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
 GROUP = "pypi_downloads"
 PREVIEW_ROWS = 10

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from pypi_downloads_dagster.cycle import (
+from pypi_downloads_dagster.orchestration.cycle import (
     CHUNKS_DONE_TAG,
     FINAL,
     PLAN_TAG,
@@ -16,9 +16,9 @@ from pypi_downloads_dagster.cycle import (
     PublishState,
     next_actions,
 )
-from pypi_downloads_dagster.jobs import fetch_chunk_job, publish_job
-from pypi_downloads_dagster.partitions import ACTIVE_RUN_STATUSES, current_plan, partitions_in_progress
-from pypi_downloads_dagster.resources import PypistatsApi
+from pypi_downloads_dagster.orchestration.jobs import fetch_chunk_job, publish_job
+from pypi_downloads_dagster.orchestration.partitions import ACTIVE_RUN_STATUSES, current_plan, partitions_in_progress
+from pypi_downloads_dagster.orchestration.resources import PypistatsApi
 
 FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
