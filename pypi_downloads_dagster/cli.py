@@ -181,6 +181,9 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
     instance = _instance()
     from pypi_downloads_dagster.definitions import defs
 
+    if settings.counts_source == "clickhouse":
+        return _sync_bulk(signals, instance, defs, max_row_loss_share)
+
     started = time.monotonic()
     plan_config = {
         "stale_after_days": stale_after_days,
@@ -287,13 +290,64 @@ def _sync(signals, settings, max_packages, chunk_size, stale_after_days, max_row
     return status
 
 
+def _sync_bulk(signals, instance, defs, max_row_loss_share) -> int:
+    """COUNTS_SOURCE=clickhouse: yesterday's history file, then every project counted in one query,
+    cross-checked, and published: two runs."""
+    from pypi_downloads_dagster.services.clickhouse import last_complete_day
+
+    started = time.monotonic()
+    day = last_complete_day(time.time())
+    _say(f"counts source: ClickHouse ({_redacted(os.environ.get('CLICKHOUSE_URL', '') or 'ClickPy')}); day {day}")
+    history = defs.resolve_job_def("publish_history").execute_in_process(
+        instance=instance, partition_key=str(day), run_config=QUIET_LOGS, raise_on_error=False
+    )
+    if signals.received:
+        return _stopped(signals, "while publishing the history")
+    if not history.success:
+        _say(f"history run {history.run_id} failed: {run_failure(history)}")
+        _say("summary: FAILED at the history; nothing published")
+        return 1
+    history_meta = _materialization_metadata(history, "download_history")
+    _say(f"history {day}: " + ("committed" if history_meta.get("committed") else "already published"))
+    bulk = defs.resolve_job_def("bulk_refresh").execute_in_process(
+        instance=instance,
+        run_config={**QUIET_LOGS, "ops": {"publish": {"config": {"max_row_loss_share": max_row_loss_share}}}},
+        tags={PUBLISH_TAG: FINAL},
+        raise_on_error=False,
+    )
+    if signals.received and not bulk.success:
+        return _stopped(signals, "while counting or publishing")
+    elapsed = f"in {time.monotonic() - started:.0f}s"
+    if not bulk.success:
+        _say(f"bulk run {bulk.run_id} failed: {run_failure(bulk)}")
+        _say(f"summary: FAILED; history of {day} {'published' if history_meta.get('committed') else 'unchanged'}, counts not published {elapsed}")
+        return 1
+    counts = _materialization_metadata(bulk, "bulk_counts")
+    card = _materialization_metadata(bulk, "hf_dataset_card")
+    outcome = f"published {card.get('last_commit')}" if card.get("committed") else "dataset already up to date, nothing committed"
+    _say(f"cross-check: {counts.get('cross_check')}")
+    _say(
+        f"summary: {counts.get('projects')} projects counted for {counts.get('day')} ({counts.get('valid')} with downloads, "
+        f"{counts.get('empty')} empty); {card.get('rows')} rows; {outcome} {elapsed}"
+    )
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from pypi_downloads_dagster.services.http import redact_url
+
+    return redact_url(url)
+
+
 DESCRIPTION = """Keep a public dataset of PyPI download counts (last day, week and month per project,
 from pypistats.org) and publish it to a Hugging Face dataset repo (or a local folder).
 
 `sync` runs one whole cycle as real Dagster runs in the instance at DAGSTER_HOME: it plans the
 stale packages, fetches them chunk by chunk, then publishes dataset.parquet, the card and the
 charts in one commit. Ctrl-C (or SIGTERM) stops it: what was fetched is kept for the next run,
-nothing is published."""
+nothing is published. With COUNTS_SOURCE=clickhouse it publishes yesterday's history file, then
+counts every project on the index in one ClickHouse query, checks a sample with pypistats and
+publishes."""
 
 ENVIRONMENT = """environment (see README.md):
   DAGSTER_HOME           the Dagster instance (runs, plans, fetched chunks); default ./.dagster_home
@@ -304,6 +358,10 @@ ENVIRONMENT = """environment (see README.md):
   PP_URL                 proxy pool, comma-separated http://user:pass@host:port (secret)
   HF_REPO_ID, HF_TOKEN, HF_ENDPOINT   the Hub dataset repo 'namespace/name', its token (secret), endpoint
   PYPI_DOWNLOADS_DIR     the local folder used when HF_REPO_ID is unset (default ./data/dataset)
+  COUNTS_SOURCE          pypistats (default: per project, paced) or clickhouse (every project in one query)
+  CLICKHOUSE_URL, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD   ClickPy's ClickHouse (default its public
+                         https://sql-clickhouse.clickhouse.com, user demo, no password; the password a secret)
+  CROSS_CHECK_SAMPLE     projects a bulk cycle asks pypistats to check the source (default 50)
 
 exit status: 0 published or already up to date; 1 a run failed or the publish was refused;
 2 a bad option or setting; 130/143 stopped by SIGINT/SIGTERM."""

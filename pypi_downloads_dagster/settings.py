@@ -14,11 +14,16 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from pypi_downloads_dagster.services.http import parse_proxy_pool, redact_url
+from pypi_downloads_dagster.services.clickhouse import DEFAULT_URL as CLICKHOUSE_URL, DEFAULT_USER as CLICKHOUSE_USER
 from pypi_downloads_dagster.services.pypistats import DEFAULT_API_URL
 from pypi_downloads_dagster.orchestration.resources import DEFAULT_INDEX_URL, DEFAULT_LOCAL_DIR
 
 #: Hub repo ids: `namespace/name`, letters, digits, `-`, `_`, `.` (the Hub's own rule).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+#: Where the counts come from: the first is the default.
+COUNTS_SOURCES = ("pypistats", "clickhouse")
 
 
 class SettingsError(ValueError):
@@ -41,6 +46,11 @@ class Settings:
     deploy_span_seconds: float = 300.0
     chunk_attempts: int = 3
     sensor_interval_seconds: int = 30
+    counts_source: str = "pypistats"
+    clickhouse_url: str = CLICKHOUSE_URL
+    clickhouse_user: str = CLICKHOUSE_USER
+    clickhouse_password_set: bool = False  # CLICKHOUSE_PASSWORD is a secret: only passed on as an EnvVar
+    cross_check_sample: int = 50
 
 
 def read_settings(env: Mapping[str, str]) -> Settings:
@@ -65,6 +75,11 @@ def read_settings(env: Mapping[str, str]) -> Settings:
         deploy_span_seconds=_positive(env, "PYPI_DOWNLOADS_DEPLOY_SPAN", 300.0),
         chunk_attempts=_whole(env, "PYPI_DOWNLOADS_CHUNK_ATTEMPTS", 3),
         sensor_interval_seconds=_whole(env, "PYPI_DOWNLOADS_SENSOR_INTERVAL", 30),
+        counts_source=_choice(env, "COUNTS_SOURCE", COUNTS_SOURCES),
+        clickhouse_url=_url(env, "CLICKHOUSE_URL", CLICKHOUSE_URL),
+        clickhouse_user=_raw(env, "CLICKHOUSE_USER") or CLICKHOUSE_USER,
+        clickhouse_password_set=bool(_raw(env, "CLICKHOUSE_PASSWORD")),
+        cross_check_sample=_count(env, "CROSS_CHECK_SAMPLE", 50),
     )
 
 
@@ -92,6 +107,24 @@ def _whole(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise SettingsError(f"{name} must be a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _raw(env, name)
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise SettingsError(f"{name} must be a whole number (0 or more), got {raw!r}")
+    return int(raw)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = _raw(env, name).lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _url(env: Mapping[str, str], name: str, default: Optional[str]) -> Optional[str]:

@@ -73,3 +73,27 @@ def instance_env(request, tmp_path, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return home, {**os.environ, **env}
+
+
+@pytest.fixture(scope="session")
+def clickhouse_engine():
+    """The one ClickHouse engine (chDB) of the test session, with ClickPy's table: chDB runs one
+    engine per process, so every test that needs one shares it and loads its own rows."""
+    from pypi_downloads_dagster_tests.fakes.clickhouse import ChdbEngine, create_downloads_table
+
+    with ChdbEngine() as engine:
+        create_downloads_table(engine)
+        yield engine
+
+
+@pytest.fixture
+def load_clickhouse(clickhouse_engine):
+    """`load(rows)`: ClickPy's table holding exactly `rows` (DOWNLOADS_SCHEMA columns)."""
+    from pypi_downloads_dagster.services.clickhouse import DEFAULT_TABLE
+    from pypi_downloads_dagster_tests.fakes.clickhouse import load_downloads
+
+    def load(rows):
+        clickhouse_engine.query(f"TRUNCATE TABLE {DEFAULT_TABLE}")
+        load_downloads(clickhouse_engine, rows)
+
+    return load

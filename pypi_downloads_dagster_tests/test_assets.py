@@ -9,7 +9,7 @@ from pypi_downloads_dagster.orchestration import assets
 from pypi_downloads_dagster.cli import run_failure
 from pypi_downloads_dagster.publishing.hub import LocalDatasetRepo
 from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
-from pypi_downloads_dagster.orchestration.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.orchestration.resources import ClickHouseSource, DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.dataset.schema import DATASET_FILE, read_dataset_file
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
@@ -26,6 +26,7 @@ def resources(index, stats, local_dir):
         "index_source": PypiIndexSource(url=index.index_url, **fast),
         "pypistats": PypistatsApi(url=stats.api_url, max_per_second=1000, max_per_minute=60000, **fast),
         "dataset_repo": DatasetRepoResource(local_dir=str(local_dir)),
+        "clickhouse": ClickHouseSource(),  # the pypistats source: ClickHouse is not asked
     }
 
 

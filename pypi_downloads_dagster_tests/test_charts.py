@@ -13,6 +13,7 @@ import threading
 import matplotlib.image
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from pypi_downloads_dagster.publishing import charts
@@ -22,12 +23,15 @@ from PIL import Image
 from pypi_downloads_dagster.publishing.charts import (
     CHART_FILES,
     PERCENTILES,
-    chart_thumbnails_markdown,    cumulative_share,
+    TREND_CHART,
+    chart_thumbnails_markdown,
+    cumulative_share,
     download_percentiles,
     known_counts,
     packages_holding,
     period_stats,
     render_charts,
+    render_trend_chart,
     snapshot_date,
     top_packages,
 )
@@ -349,3 +353,158 @@ def test_chart_thumbnails_shrink_to_fit_the_size_bound(rendered):
         with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
             assert image.width < 640
     assert chart_thumbnails_markdown({}) == ""
+
+
+# --- download trend --------------------------------------------------------------------------------
+
+
+def trend_rows(days: int = 90, names=("boto3", "urllib3", "requests"), seed: int = 3, end=dt.date(2026, 11, 24)) -> pd.DataFrame:
+    """Daily downloads of a few projects over `days` days up to `end`, as the caller passes them."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        (end - dt.timedelta(days=offset), name, int(10 ** (6 - rank) * rng.uniform(0.5, 1.5)))
+        for offset in range(days - 1, -1, -1)
+        for rank, name in enumerate(names)
+    ]
+    return pd.DataFrame(rows, columns=["date", "name", "downloads"])
+
+
+def line_data(fig) -> dict[str, tuple[list, list[float]]]:
+    """Per plotted line: its legend name (before the total) and its x (as dates) and y values."""
+    ax = fig.axes[0]
+    out = {}
+    for line in ax.get_lines():
+        name = line.get_label().rsplit(": ", 1)[0]
+        xs = [pd.Timestamp(x).date() for x in line.get_xdata()]
+        out[name] = (xs, [float(y) for y in line.get_ydata()])
+    return out
+
+
+def test_trend_lines_by_hand():
+    trend = pd.DataFrame(
+        {
+            "date": [dt.date(2026, 1, 1), dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 4), dt.date(2026, 1, 4), dt.date(2026, 1, 4)],
+            "name": ["small", "big", "big", "big", "late", "late"],
+            "downloads": [5, 100, 120, 90, 300, 1],
+        }
+    )
+    lines = charts.trend_lines(trend)
+    # Ordered by total over the range: big 310, late 301, small 5.
+    assert list(lines.columns) == ["big", "late", "small"]
+    # Only the days that have a row; Jan 3 has none for anyone and is not invented.
+    assert [d.date() for d in lines.index] == [dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 4)]
+    assert lines["big"].tolist() == [100, 120, 90]
+    assert lines["late"].tolist() == [0, 0, 301]  # missing days are 0; two rows of one day are summed
+    assert lines["small"].tolist() == [5, 0, 0]
+    assert str(lines.dtypes.unique()[0]) == "int64"
+
+
+def test_trend_lines_order_ties_by_name_and_ignore_row_order():
+    trend = pd.DataFrame({"date": [dt.date(2026, 1, 1)] * 3, "name": ["b", "c", "a"], "downloads": [7, 9, 7]})
+    assert list(charts.trend_lines(trend).columns) == ["c", "a", "b"]
+    assert list(charts.trend_lines(trend.iloc[::-1]).columns) == ["c", "a", "b"]
+
+
+def test_trend_lines_accepts_dates_timestamps_and_arrow_dates():
+    trend = trend_rows(days=5)
+    expected = charts.trend_lines(trend)
+    as_datetime64 = trend.assign(date=pd.to_datetime(trend["date"]))
+    as_arrow = trend.assign(date=pd.array(trend["date"], dtype=pd.ArrowDtype(pa.date32())))  # what top_trend returns
+    with_times = trend.assign(date=pd.to_datetime(trend["date"]) + pd.Timedelta(hours=13))
+    for variant in (as_datetime64, as_arrow, with_times):
+        pd.testing.assert_frame_equal(charts.trend_lines(variant), expected, check_index_type=False)
+        assert render_trend_chart(variant) == render_trend_chart(trend)
+
+
+def test_trend_lines_of_no_rows():
+    assert charts.trend_lines(trend_rows().iloc[0:0]).empty
+
+
+def test_trend_chart_is_a_png_of_the_size_of_top_packages():
+    data = render_trend_chart(trend_rows())
+    width, height = charts.TREND_SIZE
+    assert charts.TREND_SIZE == charts.TOP_PACKAGES_SIZE
+    assert image_shape(data)[:2] == (height * charts.DPI, width * charts.DPI) == (750, 1400)
+    assert b"matplotlib" not in data.lower()
+
+
+def test_trend_chart_is_deterministic_and_depends_on_the_data():
+    trend = trend_rows()
+    data = render_trend_chart(trend)
+    assert render_trend_chart(trend.copy()) == data
+    assert render_trend_chart(trend.sample(frac=1.0, random_state=0)) == data, "row order does not matter"
+    changed = trend.copy()
+    changed.loc[changed["name"] == "requests", "downloads"] *= 3
+    assert render_trend_chart(changed) != data
+
+
+def test_trend_chart_without_rows_says_no_history_yet():
+    empty = pd.DataFrame({"date": pd.Series([], dtype="object"), "name": pd.Series([], dtype=str), "downloads": pd.Series([], dtype="int64")})
+    data = render_trend_chart(empty)
+    width, height = charts.TREND_SIZE
+    assert image_shape(data)[:2] == (height * charts.DPI, width * charts.DPI)
+    ax = charts._trend_figure(empty).axes[0]
+    assert "no history yet" in [t.get_text() for t in ax.texts]
+    assert not ax.get_lines()
+
+
+def test_trend_chart_title_legend_and_lines():
+    trend = trend_rows(names=("alpha", "zulu", "mike"))  # about 1M, 100K and 10K a day
+    # Totals in an order that is neither the input order nor the name order: mike, zulu, alpha.
+    trend.loc[trend["name"] == "mike", "downloads"] *= 1000
+    trend.loc[trend["name"] == "zulu", "downloads"] *= 50
+    fig = charts._trend_figure(trend)
+    ax = fig.axes[0]
+    assert ax.get_title() == "Daily downloads of the top 3 projects, 2026-08-27 to 2026-11-24"
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    totals = trend.groupby("name")["downloads"].sum().sort_values(ascending=False)
+    assert labels == [f"{name}: {total:,}" for name, total in totals.items()]
+    lines = line_data(fig)
+    assert list(lines) == ["mike", "zulu", "alpha"] == list(totals.index)
+    xs, ys = lines["mike"]
+    mike = trend[trend["name"] == "mike"]
+    assert xs == mike["date"].tolist() and ys == mike["downloads"].astype(float).tolist()
+    assert "a day without downloads is drawn at the bottom edge" not in [t.get_text() for t in ax.texts]
+
+
+def test_trend_chart_draws_a_missing_day_as_zero():
+    trend = trend_rows(days=30)
+    gap = dt.date(2026, 11, 10)
+    trend = trend[~((trend["name"] == "urllib3") & (trend["date"] == gap))]
+    fig = charts._trend_figure(trend)
+    xs, ys = line_data(fig)["urllib3"]
+    assert len(xs) == 30 and ys[xs.index(gap)] == 0.0
+    assert all(y > 0 for x, y in zip(xs, ys) if x != gap)
+    ax = fig.axes[0]
+    assert "a day without downloads is drawn at the bottom edge" in [t.get_text() for t in ax.texts]
+    # The bottom edge (where a 0 is drawn) lies below the lowest labelled tick, so 0 reads as no count.
+    FigureCanvasAgg(fig).draw()
+    lowest = min(t for t, label in zip(ax.get_yticks(), tick_labels(ax.yaxis)) if label)
+    assert ax.get_ylim()[0] < lowest
+
+
+def test_trend_chart_count_axis_has_whole_tick_labels_and_date_axis_has_days():
+    for trend in (trend_rows(), trend_rows(days=4), trend_rows(days=1), trend_rows(names=("only",))):
+        fig = charts._trend_figure(trend)
+        FigureCanvasAgg(fig).draw()
+        ax = fig.axes[0]
+        labels = tick_labels(ax.yaxis)
+        assert labels and all(whole_count(label) for label in labels), labels
+        dates = tick_labels(ax.xaxis)
+        assert dates and not any(":" in label for label in dates), dates  # days, never hours
+    one_day = charts._trend_figure(trend_rows(days=1))
+    assert one_day.axes[0].get_title() == "Daily downloads of the top 3 projects, on 2026-11-24"
+    assert len(one_day.axes[0].get_lines()[0].get_xdata()) == 1 and one_day.axes[0].get_lines()[0].get_marker() == "o"
+    assert charts._trend_figure(trend_rows(names=("only",))).axes[0].get_title().startswith("Daily downloads of the top project,")
+
+
+def test_render_charts_adds_the_trend_only_when_given(rendered):
+    frame, pngs = rendered
+    trend = trend_rows()
+    with_trend = render_charts(frame, trend=trend)
+    assert tuple(with_trend) == (*CHART_FILES, TREND_CHART)
+    assert {name: with_trend[name] for name in CHART_FILES} == pngs
+    assert with_trend[TREND_CHART] == render_trend_chart(trend)
+    assert tuple(render_charts(frame, trend=None)) == CHART_FILES
+    assert tuple(render_charts(frame, trend=trend.iloc[0:0])) == (*CHART_FILES, TREND_CHART)

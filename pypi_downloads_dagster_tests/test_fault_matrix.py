@@ -19,7 +19,7 @@ from pypi_downloads_dagster.cli import run_failure
 from pypi_downloads_dagster.dataset.store import FetchStore
 from pypi_downloads_dagster.publishing.hub import HubDatasetRepo
 from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
-from pypi_downloads_dagster.orchestration.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.orchestration.resources import ClickHouseSource, DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.dataset.schema import DATASET_FILE, LEGACY_DATASET_FILE, conform, dataset_to_parquet, read_dataset_file
 from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
@@ -69,6 +69,7 @@ class World:
             "index_source": PypiIndexSource(url=self.index_url, **fast),
             "pypistats": PypistatsApi(url=self.stats_url, max_per_second=1000, max_per_minute=60000, **fast),
             "dataset_repo": self.repo_resource,
+            "clickhouse": ClickHouseSource(),
         }
 
     def run(self, selection, partition_key=None, config=None, tags=None):

@@ -7,13 +7,29 @@ import contextlib
 import datetime as dt
 import threading
 import time
+import warnings
 from typing import Optional
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from pypi_downloads_dagster.publishing.card import card_without_front_matter, markdown_table, render_dataset_card, utc_time
+from pypi_downloads_dagster.dataset.bulk import (
+    CrossCheck,
+    DayNotLoaded,
+    bulk_fetched,
+    check_day_loaded,
+    cross_check,
+    history_days,
+    history_files,
+    history_from_dataset,
+    history_path,
+    merge_history,
+    read_history_file,
+    sample_across_popularity,
+)
+from pypi_downloads_dagster.publishing.card import HistoryInfo, card_without_front_matter, markdown_table, render_dataset_card, utc_time
+from pypi_downloads_dagster.services.clickhouse import ClickHouseError, daily_history, daily_totals, last_complete_day, recent_counts, top_trend
 from pypi_downloads_dagster.publishing.charts import chart_thumbnails_markdown, render_charts
 from pypi_downloads_dagster.orchestration.cycle import PLAN_TAG, PUBLISH_TAG, describe_refresh
 from pypi_downloads_dagster.dataset.frames import choose_canary, merge_dataset, newest_fetches, plan_stale
@@ -27,25 +43,28 @@ from pypi_downloads_dagster.orchestration.partitions import (
     FETCHING_RUNS,
     PYPISTATS_POOL,
     current_plan,
+    download_days,
     latest_metadata,
     leased_chunks,
     live_leases,
     recent_stats_chunks,
     retire_chunk_keys,
 )
-from pypi_downloads_dagster.publishing.publish import Publication, publish_snapshot
+from pypi_downloads_dagster.publishing.publish import Publication, publish_files, publish_snapshot
 from pypi_downloads_dagster.services.pypistats import (
     BrokenClock,
     FetchProgress,
     FetchStopped,
     WrongStatsEndpoint,
+    RecentCounts,
     check_canary,
+    counts_day_of,
     counts_day_start,
     describe_progress,
     fetch_many,
 )
 from pypi_downloads_dagster.run_control import AnyOf, report_progress, stop_requested
-from pypi_downloads_dagster.orchestration.resources import DatasetRepoResource, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.orchestration.resources import ClickHouseSource, DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.dataset.schema import COLUMN_DOCS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID, dataset_to_parquet, normalize_names
 
 GROUP = "pypi_downloads"
@@ -109,6 +128,8 @@ EXPECTED_FAILURES = (
     BrokenClock,
     ChunkBusy,
     ChunkRetired,
+    ClickHouseError,
+    DayNotLoaded,
 )
 
 
@@ -403,6 +424,171 @@ def _fetch_chunk(context, key, planned, store, pypistats, egresses, lost) -> dg.
     )
 
 
+@dg.asset(
+    group_name=GROUP,
+    kinds={"clickhouse", "pandas"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "agrees_with_pypistats", asset="bulk_counts",
+            description="A sample across popularity, asked of pypistats.org: the share that agrees exactly, and the median difference.",
+        )
+    ],
+)
+def bulk_counts(
+    context: dg.AssetExecutionContext, pypi_index: pd.DataFrame, clickhouse: ClickHouseSource, pypistats: PypistatsApi
+) -> dg.MaterializeResult:
+    """With COUNTS_SOURCE=clickhouse: every project on the index, counted from ClickPy's daily
+    download table in one query with pypistats' definition (mirrors excluded; D the last complete
+    UTC day), stored like a fetched chunk so the publish merges and guards it as any other fetch.
+    Then a sample across popularity is asked of pypistats to check the source."""
+    if not clickhouse.enabled:
+        raise dg.Failure("bulk_counts needs COUNTS_SOURCE=clickhouse (the source is pypistats: run the daily cycle instead)")
+    started = time.time()
+    day = last_complete_day(started)
+    client = clickhouse.client()
+    stages: dict[str, float] = {}
+    with failing_clearly():
+        mark = time.monotonic()
+        check_day_loaded(daily_totals(client, day - dt.timedelta(days=1), day), day)
+        stages["check D is loaded"] = time.monotonic() - mark
+        mark = time.monotonic()
+        counts = recent_counts(client, day)
+        stages["query counts"] = time.monotonic() - mark
+    mark = time.monotonic()
+    fetched, not_on_index = bulk_fetched(pypi_index, counts, fetched_at=started)
+    key = f"bulk-{day:%Y%m%d}"
+    store = fetch_store(context)
+    store.write(key, fetched, context.run.run_id)
+    stages["join and store"] = time.monotonic() - mark
+    mark = time.monotonic()
+    check = _cross_check(context, fetched, day, clickhouse, pypistats)
+    stages["cross-check"] = time.monotonic() - mark
+    valid = int((fetched["status"] == STATUS_VALID).sum())
+    context.log.info(
+        f"{len(fetched):,} projects counted for {day} ({valid:,} with downloads); {not_on_index:,} ClickHouse projects not on "
+        f"the index left out; cross-check: {check.sentence()}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "day": str(day),
+            "projects": len(fetched),
+            "valid": valid,
+            "empty": len(fetched) - valid,
+            "clickhouse_projects_not_on_index": not_on_index,
+            "stored_as_chunk": key,
+            "cross_check": check.sentence(),
+            **{f"seconds: {stage}": round(seconds, 2) for stage, seconds in stages.items()},
+            **_row_count(fetched),
+            "preview": _preview(fetched),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="agrees_with_pypistats", passed=check.passed, severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "sampled": check.sampled,
+                    "compared": check.compared,
+                    "exact_share": float(check.exact_share) if check.compared else 0.0,
+                    "median_relative_difference": float(check.median_relative_difference) if check.compared else 0.0,
+                    "not_answered": check.failed,
+                    "differences": dg.MetadataValue.json(dict(check.differences)),
+                },
+            )
+        ],
+    )
+
+
+def _cross_check(context, fetched: pd.DataFrame, day: dt.date, clickhouse: ClickHouseSource, pypistats: PypistatsApi) -> CrossCheck:
+    """Ask pypistats (through leased egresses, paced as chunk runs are) for a sample; never fails the run."""
+    sample = sample_across_popularity(fetched, clickhouse.cross_check_sample, seed=day.toordinal())
+    if not sample:
+        return CrossCheck(0, 0, 0, float("nan"), {}, 0)
+    keeper = Keeper(LeaseTable.of_instance(context.instance), holder_name(context.run.run_id))
+    egresses = EgressLeases(keeper, [e.label for e in pypistats.proxy_pool.egresses()], clear_dead=lambda: live_leases(context.instance, EGRESS))
+    try:
+        client = pypistats.client(gate=egresses)
+        egresses.resting = client.resting
+        try:
+            result = fetch_many(client, pypistats.url, sample, stop=stop_requested)
+        except (HttpError, FetchStopped) as exc:
+            context.log.warning(f"cross-check: pypistats did not answer ({type(exc).__name__}: {exc})")
+            return CrossCheck(len(sample), 0, 0, float("nan"), {}, len(sample))
+    finally:
+        egresses.close()
+        keeper.close()
+    answers = [RecentCounts(**row) for row in result.fetched.to_dict("records")] if len(result.fetched) else []
+    return cross_check(fetched, answers, len(sample), len(result.failed))
+
+
+#: Days per run of a history backfill, and so per commit.
+HISTORY_BATCH_DAYS = 31
+# Dagster marks backfill policies beta; the warning would greet every user at every load.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet", "huggingface"},
+    partitions_def=download_days,
+    # A backfill over a range runs one run per batch of days and commits each batch once.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=HISTORY_BATCH_DAYS),
+)
+def download_history(context: dg.AssetExecutionContext, clickhouse: ClickHouseSource, dataset_repo: DatasetRepoResource) -> dg.MaterializeResult:
+    """Downloads per project per day, without mirrors, as `history/YYYY-MM-DD.parquet` (date, name,
+    downloads) in the dataset repo, one commit per batch of 31 days. With COUNTS_SOURCE=clickhouse
+    each day is complete (one query per batch); with pypistats it holds what the dataset saw: the
+    `last_day` of each project fetched while pypistats counted that day, merged into the day's file."""
+    window = context.partition_time_window
+    days = [d.date() for d in pd.date_range(window.start, window.end, freq="D", inclusive="left")]
+    repo = dataset_repo.repo()
+    commits, changed = [], 0
+    # A long range is cut into batches: one query and one commit each, never one commit per day.
+    for batch in [days[i : i + HISTORY_BATCH_DAYS] for i in range(0, len(days), HISTORY_BATCH_DAYS)]:
+        with failing_clearly():
+            outcome = publish_files(
+                repo, _history_builder(repo, batch, clickhouse),
+                message=f"History {batch[0]} .. {batch[-1]} ({len(batch)} days, {clickhouse.counts_source})",
+            )
+        context.log.info(
+            f"history {batch[0]} .. {batch[-1]}: "
+            + (f"committed {len(outcome.changed_files)} files" if outcome.committed else "already published, nothing committed")
+        )
+        if outcome.committed:
+            commits.append(outcome.commit)
+            changed += len(outcome.changed_files)
+    return dg.MaterializeResult(
+        metadata={
+            "first_day": str(days[0]),
+            "last_day": str(days[-1]),
+            "days": len(days),
+            "source": clickhouse.counts_source,
+            "committed": bool(commits),
+            "commits": len(commits),
+            "files_changed": changed,
+            "last_commit": commits[-1] if commits else "none",
+        }
+    )
+
+
+def _history_builder(repo, days: list, clickhouse: ClickHouseSource):
+    """What `publish_files` commits for `days`: from ClickHouse (complete; D must be loaded), or
+    from the published dataset merged into the files already there (pypistats: partial)."""
+    if clickhouse.enabled:
+        client = clickhouse.client()
+        check_day_loaded(daily_totals(client, days[-1] - dt.timedelta(days=1), days[-1]), days[-1])
+        history = daily_history(client, days[0], days[-1])
+        return lambda head, present: history_files(history, days)
+
+    def build(head, present):
+        existing = read_existing_dataset(repo)
+        frames = []
+        for day in days:
+            old = read_history_file(repo.read_file(history_path(day), head)) if head and history_path(day) in present else None
+            frames.append(merge_history(old, history_from_dataset(existing.frame, day, counts_day_of)))
+        return history_files(pd.concat(frames, ignore_index=True), days)
+
+    return build
+
+
 def _publication_checks(publication: Publication) -> list[dg.AssetCheckResult]:
     """The checks on the dataset about to be published, as the UI shows them. Each blocks the publish."""
     results = [
@@ -433,7 +619,7 @@ PUBLISH_CHECKS = [dg.AssetCheckSpec(name, asset=MERGED, description=text) for na
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "merged_dataset", group_name=GROUP, deps=["pypi_index", recent_stats], kinds={"pandas", "parquet"},
+            "merged_dataset", group_name=GROUP, deps=["pypi_index", recent_stats, bulk_counts], kinds={"pandas", "parquet"},
             description="The new dataset: one row per project on the index, sorted by name, the newest fetched counts "
             "of every stored recent_stats chunk applied over the rows of the repo head it is published on.",
         ),
@@ -450,7 +636,11 @@ PUBLISH_CHECKS = [dg.AssetCheckSpec(name, asset=MERGED, description=text) for na
     name="publish",
 )
 def publish(
-    context: dg.AssetExecutionContext, config: PublishConfig, pypi_index: pd.DataFrame, dataset_repo: DatasetRepoResource
+    context: dg.AssetExecutionContext,
+    config: PublishConfig,
+    pypi_index: pd.DataFrame,
+    dataset_repo: DatasetRepoResource,
+    clickhouse: ClickHouseSource,
 ):
     """One consistent snapshot: read the repo head, merge every stored chunk onto it, check and guard
     the result, render card and charts from it and commit with that head as parent (again on a
@@ -458,12 +648,16 @@ def publish(
     repo = dataset_repo.repo()
     store = fetch_store(context)
     chunks = store.read_all()
-    refresh_status = _refresh_status(context)
+    bulk = latest_metadata(context.instance, "bulk_counts")[0] if clickhouse.enabled else {}
+    refresh_status = _bulk_refresh_status(bulk) if clickhouse.enabled else _refresh_status(context)
+    trend = _trend(context, clickhouse)
 
     def render_files(publication: Publication) -> dict[str, bytes]:
-        images = render_charts(publication.frame)
+        images = render_charts(publication.frame, trend=trend)
         card = render_dataset_card(
-            publication.frame, repo_id=dataset_repo.repo_id, chart_files=tuple(images), refresh_status=refresh_status
+            publication.frame, repo_id=dataset_repo.repo_id, chart_files=tuple(images), refresh_status=refresh_status,
+            counts_source=clickhouse.counts_source, history=_history_info(publication.existing.files, clickhouse),
+            cross_check=bulk["cross_check"].value if "cross_check" in bulk else None,
         )
         parquet = dataset_to_parquet(publication.frame, baseline=publication.baseline.to_dict())
         return {DATASET_FILE: parquet, "README.md": card.encode(), **images}
@@ -538,6 +732,31 @@ def publish(
             "card": dg.MetadataValue.md(card_without_front_matter(publication.files["README.md"].decode())),
         },
     )
+
+
+def _bulk_refresh_status(bulk: dict) -> str:
+    if "day" not in bulk:
+        return "complete; every project on the index counted from ClickPy's download table."
+    return f"complete; every project on the index counted from ClickPy's download table for the 30 days up to {bulk['day'].value}."
+
+
+def _trend(context: dg.AssetExecutionContext, clickhouse: ClickHouseSource) -> Optional[pd.DataFrame]:
+    """The trend chart's data: with ClickHouse, the top projects' last 90 days (one small query);
+    with pypistats there is no complete history to draw it from."""
+    if not clickhouse.enabled:
+        return None
+    try:
+        return top_trend(clickhouse.client(), last_complete_day(time.time()))
+    except ClickHouseError as exc:  # a chart is not worth failing the publish for: say so, go on
+        context.log.warning(f"no trend chart this time: {exc}")
+        return None
+
+
+def _history_info(files, clickhouse: ClickHouseSource) -> Optional[HistoryInfo]:
+    days = history_days(files)
+    if not days:
+        return None
+    return HistoryInfo(first_day=days[0], last_day=days[-1], days=len(days), complete=clickhouse.enabled)
 
 
 def _last_commit(instance: dg.DagsterInstance) -> Optional[str]:

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import dagster as dg
 
 from pypi_downloads_dagster.orchestration import assets
-from pypi_downloads_dagster.orchestration.jobs import daily_refresh_schedule, fetch_chunk_job, plan_job, publish_job
-from pypi_downloads_dagster.orchestration.resources import AtomicFilesystemIOManager, DatasetRepoResource, ProxyPool, PypiIndexSource, PypistatsApi
+from pypi_downloads_dagster.orchestration.jobs import bulk_job, daily_history_schedule, daily_refresh_schedule, fetch_chunk_job, history_job, plan_job, publish_job
+from pypi_downloads_dagster.orchestration.resources import AtomicFilesystemIOManager, ClickHouseSource, DatasetRepoResource, ProxyPool, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.orchestration.sensors import CycleSettings, build_cycle_sensor
 from pypi_downloads_dagster.settings import read_settings
 
@@ -40,6 +40,13 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict:
             endpoint=settings.hf_endpoint,
             local_dir=settings.local_dir,
         ),
+        "clickhouse": ClickHouseSource(
+            enabled=settings.counts_source == "clickhouse",
+            url=settings.clickhouse_url,
+            user=settings.clickhouse_user,
+            password=_secret(env, "CLICKHOUSE_PASSWORD"),
+            cross_check_sample=settings.cross_check_sample,
+        ),
         "io_manager": AtomicFilesystemIOManager(),
         "cycle": CycleSettings(deploy_span_seconds=settings.deploy_span_seconds, max_chunk_attempts=settings.chunk_attempts),
     }
@@ -48,8 +55,8 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict:
 def build_definitions(env: Mapping[str, str] = os.environ) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([assets]),
-        jobs=[plan_job, fetch_chunk_job, publish_job],
-        schedules=[daily_refresh_schedule],
+        jobs=[plan_job, fetch_chunk_job, publish_job, bulk_job, history_job],
+        schedules=[daily_refresh_schedule(read_settings(env).counts_source), daily_history_schedule],
         sensors=[build_cycle_sensor(read_settings(env).sensor_interval_seconds)],
         resources=resources_from_env(env),
         # Each run's steps in its own process: no process per step, and a killed run is one process.

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
+from pypi_downloads_dagster.orchestration.partitions import download_days, recent_stats_chunks
 
 plan_job = dg.define_asset_job(
     "plan_refresh",
@@ -25,12 +25,42 @@ publish_job = dg.define_asset_job(
     description="Merge every fetched chunk into the published dataset and publish dataset, card and charts in one commit.",
 )
 
-# pypistats refreshes its data once a day, after 01:00 UTC: plan an hour later.
-daily_refresh_schedule = dg.ScheduleDefinition(
-    name="daily_refresh",
-    job=plan_job,
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Start the daily cycle: plan the stale packages after pypistats has refreshed (01:00 UTC).",
+bulk_job = dg.define_asset_job(
+    "bulk_refresh",
+    selection=["pypi_index", "bulk_counts", "merged_dataset", "charts", "hf_dataset_card"],
+    description="COUNTS_SOURCE=clickhouse: count every project on the index from ClickHouse in one query, "
+    "cross-check a sample with pypistats, and publish dataset, card and charts in one commit.",
+)
+
+history_job = dg.define_asset_job(
+    "publish_history",
+    selection=["download_history"],
+    partitions_def=download_days,
+    description="Publish history/YYYY-MM-DD.parquet for the days given (a backfill: one run and one commit per batch of days).",
+)
+
+
+def daily_refresh_schedule(counts_source: str) -> dg.ScheduleDefinition:
+    """The daily cycle's start. pypistats refreshes its data after 01:00 UTC, for the day before;
+    ClickPy loads a day during the next one: both run at 02:00 UTC (a bulk run finding the day not
+    loaded yet fails saying so)."""
+    bulk = counts_source == "clickhouse"
+    return dg.ScheduleDefinition(
+        name="daily_refresh",
+        job=bulk_job if bulk else plan_job,
+        cron_schedule="0 2 * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            "Count every project from ClickHouse and publish (COUNTS_SOURCE=clickhouse)."
+            if bulk
+            else "Start the daily cycle: plan the stale packages after pypistats has refreshed (01:00 UTC)."
+        ),
+    )
+
+
+#: Yesterday's history file, every day after the counts are published.
+daily_history_schedule = dg.build_schedule_from_partitioned_job(
+    history_job, hour_of_day=4, default_status=dg.DefaultScheduleStatus.RUNNING, name="daily_history",
+    description="Publish yesterday's download history (history/YYYY-MM-DD.parquet).",
 )

@@ -8,6 +8,11 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from pypi_downloads_dagster.orchestration.leases import CHUNK, LeaseTable, run_of
 
+#: One key per UTC day: `download_history` (ClickPy holds PyPI's downloads from 2016; the partitions
+#: start where a backfill is likely to, and a person can backfill any range of them).
+HISTORY_START = "2024-01-01"
+download_days = dg.DailyPartitionsDefinition(start_date=HISTORY_START, timezone="UTC")
+
 #: One key per chunk, `<plan id>-<chunk number>`, e.g. `20261124T020000-00003`.
 recent_stats_chunks = dg.DynamicPartitionsDefinition(name="recent_stats_chunks")
 

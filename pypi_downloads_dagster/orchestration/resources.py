@@ -12,6 +12,7 @@ import dagster as dg
 from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from pydantic import Field
 
+from pypi_downloads_dagster.services.clickhouse import DEFAULT_URL as CLICKHOUSE_URL, DEFAULT_USER as CLICKHOUSE_USER, ClickHouseClient
 from pypi_downloads_dagster.services.http import EgressGate, HttpClient, Pacing, RetryPolicy, parse_proxy_pool
 from pypi_downloads_dagster.publishing.hub import DatasetRepo, HubDatasetRepo, LocalDatasetRepo
 from pypi_downloads_dagster.services.pypi_index import ProjectIndex, fetch_index
@@ -80,6 +81,25 @@ class PypistatsApi(_RetrySettings):
     def daily_capacity(self) -> int:
         """Projects all egresses together can fetch in a day at this pacing."""
         return daily_capacity(Pacing(self.max_per_second, self.max_per_minute).interval, len(self.proxy_pool.egresses()))
+
+
+class ClickHouseSource(dg.ConfigurableResource):
+    """ClickPy's public ClickHouse (`CLICKHOUSE_URL`, `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`):
+    the bulk counts source, used when `COUNTS_SOURCE=clickhouse` (`enabled`). The password is a
+    secret: bind it to `EnvVar("CLICKHOUSE_PASSWORD")`."""
+
+    enabled: bool = Field(default=False, description="COUNTS_SOURCE=clickhouse: counts and history come from ClickHouse.")
+    url: str = Field(default=CLICKHOUSE_URL, description="ClickHouse HTTP(S) URL.")
+    user: str = Field(default=CLICKHOUSE_USER, description="ClickHouse user.")
+    password: Optional[str] = Field(default=None, description="ClickHouse password (secret); ClickPy's demo user has none.")
+    cross_check_sample: int = Field(default=50, ge=0, description="Projects asked of pypistats each bulk cycle to check the source.")
+
+    def client(self) -> ClickHouseClient:
+        return ClickHouseClient(self.url, self.user, self.password or "")
+
+    @property
+    def counts_source(self) -> str:
+        return "clickhouse" if self.enabled else "pypistats"
 
 
 class DatasetRepoResource(dg.ConfigurableResource):

@@ -1,12 +1,14 @@
 """The dataset card (README.md on the Hub): YAML metadata for the Hub and a summary of the data.
 
-Everything in the card is computed from the frame alone (the "last updated" date is the newest
+Everything in the card is computed from its arguments alone (the "last updated" date is the newest
 `updated_at`, not the wall clock), so the same dataset always gives the same text and an unchanged
-dataset does not produce a new commit.
+dataset does not produce a new commit. The text describes the counts source it is given
+(`pypistats`, the default, or `clickhouse`) and, when there is one, the daily download history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -15,11 +17,17 @@ import numpy as np
 import pandas as pd
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from pypi_downloads_dagster.publishing.charts import CHART_FILES, PERIOD_LABELS, TOP_N, period_stats, snapshot_date, top_packages
+from pypi_downloads_dagster.publishing.charts import CHART_FILES, PERIOD_LABELS, TOP_N, TREND_CHART, period_stats, snapshot_date, top_packages
 from pypi_downloads_dagster.dataset.schema import COLUMN_DOCS, COLUMNS, COUNT_COLUMNS, DATASET_FILE, STATUS_EMPTY, STATUS_VALID
 
 PRETTY_NAME = "PyPI Download Counts"
 TAGS = ["pypi", "python", "packages", "downloads", "pypistats", "statistics"]
+#: The counts sources the card can describe (COUNTS_SOURCE's values); the first is the default.
+SOURCE_PYPISTATS = "pypistats"
+SOURCE_CLICKHOUSE = "clickhouse"
+COUNTS_SOURCES = (SOURCE_PYPISTATS, SOURCE_CLICKHOUSE)
+#: The Hub config of the daily history files, after the `default` one (the dataset).
+HISTORY_CONFIG = {"config_name": "history", "data_files": "history/*.parquet"}
 SAMPLE_ROWS = 20
 SAMPLE_SEED = 0
 STALE_DAYS = 30
@@ -61,6 +69,43 @@ CHART_CAPTIONS = {
         "Top packages",
         f"Downloads in the last day, week and month of the top {TOP_N} packages by monthly downloads (log scale).",
     ),
+    TREND_CHART: (
+        "Download trend",
+        "Downloads per day of the most downloaded projects over the days named in the title, one line per "
+        "project, mirrors excluded (log scale); the legend is ordered by downloads over those days.",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryInfo:
+    """What the card says about the daily history files (`history/YYYY-MM-DD.parquet`) in the repo."""
+
+    first_day: dt.date
+    last_day: dt.date
+    days: int  # number of history files
+    complete: bool  # every project with downloads each day (the clickhouse source), not a partial history
+
+
+#: The overview's label of `empty` rows, per counts source.
+_EMPTY_LABELS = {
+    SOURCE_PYPISTATS: "No data on pypistats (`status` = `empty`)",
+    SOURCE_CLICKHOUSE: f"No downloads in the last {STALE_DAYS} days (`status` = `empty`)",
+}
+#: Column docs that differ from the schema's (written for pypistats) with another counts source.
+_SOURCE_COLUMN_DOCS = {
+    SOURCE_CLICKHOUSE: {
+        "status": (
+            "string, nullable",
+            f"`valid`: the project has downloads in the last {STALE_DAYS} days (counts set); `empty`: no downloads in the last "
+            f"{STALE_DAYS} days (what pypistats answers with a 404), counts null; null: never fetched.",
+        ),
+    },
+}
+#: (named in the citation's note, credited in its sentence) per counts source.
+_CITATION_SOURCES = {
+    SOURCE_PYPISTATS: ("pypistats.org", "pypistats.org"),
+    SOURCE_CLICKHOUSE: ("ClickPy (ClickHouse) with pypistats.org's definition", "ClickPy (ClickHouse Inc.)"),
 }
 
 
@@ -115,7 +160,14 @@ def format_number(value: float) -> str:
 
 
 def render_dataset_card(
-    frame: pd.DataFrame, *, repo_id: str | None, chart_files=CHART_FILES, refresh_status: str | None = None
+    frame: pd.DataFrame,
+    *,
+    repo_id: str | None,
+    chart_files=CHART_FILES,
+    refresh_status: str | None = None,
+    counts_source: str = SOURCE_PYPISTATS,
+    history: HistoryInfo | None = None,
+    cross_check: str | None = None,
 ) -> str:
     """The dataset's README.md: Hub metadata (license, size category, a `configs` entry pointing the
     viewer at `dataset.parquet`) and a Markdown summary of `frame`. Deterministic; works for no rows.
@@ -123,29 +175,42 @@ def render_dataset_card(
     `chart_files` are the chart paths relative to the README, embedded in that order.
     `refresh_status` is one sentence on the refresh this version comes from (complete, or a
     checkpoint of one in progress), shown under the overview.
+    `counts_source` (one of `COUNTS_SOURCES`) is where the counts come from; the description, the
+    `status` docs, "Source and terms", the limitations, the citation and the tags say so.
+    `history`, when the repo has daily history files, adds a second config (`history`) and a
+    "Download history" section. `cross_check` is one sentence on how a sample of the counts agrees
+    with pypistats.org, shown under the overview.
     """
+    if counts_source not in COUNTS_SOURCES:
+        raise ValueError(f"counts_source must be one of {', '.join(COUNTS_SOURCES)}, got {counts_source!r}")
+    clickhouse = counts_source == SOURCE_CLICKHOUSE
     overview = dataset_overview(frame)
+    configs = [{"config_name": "default", "data_files": DATASET_FILE}]
+    if history is not None:
+        configs.append(dict(HISTORY_CONFIG))
     data = DatasetCardData(
         license="apache-2.0",
         language=["en"],
-        tags=TAGS,
+        tags=[*TAGS, SOURCE_CLICKHOUSE] if clickhouse else TAGS,
         size_categories=[size_category(overview["total"])],
         # No `source_datasets`: it takes Hub dataset ids, and pypistats is a web API (named in the text).
         pretty_name=PRETTY_NAME,
-        configs=[{"config_name": "default", "data_files": DATASET_FILE}],
+        configs=configs,
     )
+    notes = (f"\n\n**Refresh:** {refresh_status}" if refresh_status else "") + (f"\n\n**Cross-check:** {cross_check}" if cross_check else "")
     sections = [
-        _description(),
-        _overview(overview) + (f"\n\n**Refresh:** {refresh_status}" if refresh_status else ""),
-        _schema_table(),
+        _clickhouse_description() if clickhouse else _description(),
+        _overview(overview, counts_source) + notes,
+        _schema_table(counts_source, history is not None),
         _charts(chart_files),
+        _history(history, repo_id) if history is not None else "",
         _sample(frame),
         _top(frame),
         _statistics(frame),
         _usage(repo_id),
-        _source_and_terms(),
-        _limitations(),
-        _citation(repo_id, snapshot_date(frame)),
+        _clickhouse_source_and_terms() if clickhouse else _source_and_terms(),
+        _clickhouse_limitations() if clickhouse else _limitations(),
+        _citation(repo_id, snapshot_date(frame), counts_source),
     ]
     body = "\n\n".join(section.strip() for section in sections if section) + "\n"
     return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
@@ -175,7 +240,25 @@ that leave the index leave the dataset.
 """
 
 
-def _overview(o: dict) -> str:
+def _clickhouse_description() -> str:
+    return f"""
+# {PRETTY_NAME}
+
+Recent download counts for every project in the [PyPI](https://pypi.org) simple index, one row per
+project: downloads in the last day, week and month, **excluding mirrors**, counted from
+[ClickPy](https://clickpy.clickhouse.com)'s public ClickHouse database of PyPI's download logs the
+way [pypistats.org](https://pypistats.org) counts its `recent` downloads (see "Source and terms").
+
+The dataset is refreshed daily, every project at once: one refresh counts the whole index, so after
+it every row has the same `updated_at` and its counts cover the same {STALE_DAYS} days. `status` tells
+the three cases apart: `valid` (the project has downloads in the last {STALE_DAYS} days), `empty` (no
+downloads in the last {STALE_DAYS} days, counts are null; pypistats answers 404 for such a project)
+and null (not fetched yet, counts are null). A refresh that fails leaves the rows as they were.
+Projects that leave the index leave the dataset.
+"""
+
+
+def _overview(o: dict, counts_source: str = SOURCE_PYPISTATS) -> str:
     def share(count: int) -> str:
         return f"{count / o['total']:.1%}" if o["total"] else "—"
 
@@ -184,18 +267,22 @@ def _overview(o: dict) -> str:
         ("Packages", f"{o['total']:,}", ""),
         ("With data (fetched at least once, `updated_at` set)", f"{o['with_data']:,}", share(o["with_data"])),
         ("Non-empty (`status` = `valid`)", f"{o['valid']:,}", share(o["valid"])),
-        ("No data on pypistats (`status` = `empty`)", f"{o['empty']:,}", share(o["empty"])),
+        (_EMPTY_LABELS[counts_source], f"{o['empty']:,}", share(o["empty"])),
         (f"Stale (never fetched, or fetched {STALE_DAYS}+ days before the last update)", f"{o['stale']:,}", share(o["stale"])),
         ("Last updated (newest `updated_at`, UTC)", last, ""),
     ]
     return "## Overview\n\n" + _table(["", "count", "share"], rows, align="lrr")
 
 
-def _schema_table() -> str:
-    rows = [(f"`{column}`", *COLUMN_DOCS[column]) for column in COLUMNS]
+def _schema_table(counts_source: str = SOURCE_PYPISTATS, with_history: bool = False) -> str:
+    docs = {**COLUMN_DOCS, **_SOURCE_COLUMN_DOCS.get(counts_source, {})}
+    rows = [(f"`{column}`", *docs[column]) for column in COLUMNS]
     readers = [(name, call, f"`{count_type}`", f"`{null}`") for name, call, count_type, null in READER_TYPES]
+    files = f"One file, `{DATASET_FILE}`, sorted by `name`."
+    if with_history:
+        files = f"One file, `{DATASET_FILE}`, sorted by `name`: the `default` config (the daily history is the `history` config, below)."
     return (
-        f"## Schema\n\nOne file, `{DATASET_FILE}`, sorted by `name`.\n\n"
+        f"## Schema\n\n{files}\n\n"
         + _table(["column", "type", "description"], rows)
         + "\n\nThe counts are stored as nullable 64-bit integers, and the file carries pandas metadata, "
         "so each reader gets integers with a real null (no float64 with NaN):\n\n"
@@ -214,6 +301,56 @@ def _charts(chart_files) -> str:
         title, caption = CHART_CAPTIONS.get(path.rsplit("/", 1)[-1], (path, ""))
         parts.append(f"![{title}]({path})\n\n*{caption}*" if caption else f"![{title}]({path})")
     return "\n\n".join(parts)
+
+
+def _history(history: HistoryInfo, repo_id: str | None) -> str:
+    span = (history.last_day - history.first_day).days + 1
+    missing = span - history.days
+    days = f"{history.days:,} daily file" + ("" if history.days == 1 else "s")
+    if missing > 0:
+        days += f"; {missing:,} day{'' if missing == 1 else 's'} in that range {'has' if missing == 1 else 'have'} no file"
+    rows = [
+        ("`date`", "date32", "The UTC day of the downloads (the day in the file name)."),
+        ("`name`", "string", "The project's PEP 503 normalized name (lower case, each run of `-`, `_`, `.` as one `-`: "
+                             "`zope.interface` is `zope-interface`), the last part of `url` in the dataset."),
+        ("`downloads`", "int64", "Downloads of the project on that day, mirrors excluded; always at least 1."),
+    ]
+    coverage = (
+        "**The history is complete:** a day's file has one row for every project with downloads that day (no row: "
+        "no downloads), counted from ClickPy like the dataset's counts."
+        if history.complete
+        else "**The history is partial.** With the pypistats source, a day's file holds only the projects fetched "
+        "while pypistats' counts were those of that day, with their `last_day`; a project without a row may well "
+        "have had downloads that day, so a day's rows do not add up to PyPI's downloads of that day."
+    )
+    last = f"{history.last_day:%Y-%m-%d}"
+    span_text = last if history.first_day == history.last_day else f"{history.first_day:%Y-%m-%d} to {last}"
+    if repo_id:
+        code = (
+            f'from datasets import load_dataset\n\nhistory = load_dataset("{repo_id}", "history", split="train")\n\n'
+            f"# or one day with pandas\nimport pandas as pd\n\n"
+            f'day = pd.read_parquet("hf://datasets/{repo_id}/history/{last}.parquet")\n\n'
+            "# or every day with pandas or pyarrow, from a local copy of the folder\n"
+            "import pyarrow.parquet as pq\nfrom huggingface_hub import snapshot_download\n\n"
+            f'folder = snapshot_download("{repo_id}", repo_type="dataset", allow_patterns="{HISTORY_CONFIG["data_files"]}")\n'
+            'history = pd.read_parquet(f"{folder}/history")  # or pq.read_table(f"{folder}/history")'
+        )
+    else:
+        code = (
+            "import pandas as pd\nimport pyarrow.parquet as pq\n\n"
+            f'day = pd.read_parquet("history/{last}.parquet")\n'
+            'history = pd.read_parquet("history")  # every day; or pq.read_table("history")'
+        )
+    return (
+        "## Download history\n\n"
+        "Downloads per project per day, mirrors excluded, one Parquet file per UTC day: `history/YYYY-MM-DD.parquet` "
+        "(the `history` config), rows sorted by `name`.\n\n"
+        + _table(["column", "type", "description"], rows)
+        + f"\n\n**Range:** {span_text} (UTC), {days}.\n\n"
+        + coverage
+        + "\n\npandas reads `date` as `datetime.date` values; `pd.to_datetime(history[\"date\"])` gives timestamps.\n\n"
+        + f"```python\n{code}\n```"
+    )
 
 
 def _sample(frame: pd.DataFrame) -> str:
@@ -283,6 +420,53 @@ def _source_and_terms() -> str:
 """
 
 
+def _clickhouse_source_and_terms() -> str:
+    return """
+## Source and terms
+
+- The counts come from [ClickPy](https://clickpy.clickhouse.com)'s public ClickHouse database, served
+  read-only by ClickHouse Inc. at `https://sql-clickhouse.clickhouse.com`. ClickPy holds PyPI's
+  download logs as PyPI publishes them in Google BigQuery, the public dataset
+  `bigquery-public-data.pypi`, aggregated per project, version, day, installer and file type.
+- They are counted with pypistats.org's definition of its `recent` counts, **excluding mirrors**
+  (downloads by the installers bandersnatch, z3c.pypimirror, Artifactory and devpi are not counted).
+  D is the last complete UTC day: `last_day` is the downloads on D, `last_week` on D-6 to D and
+  `last_month` on D-29 to D; a project without downloads in those 30 days is `empty`.
+- Every project is refreshed each day, by one bulk read of the whole index (not package by package).
+- [pypistats.org](https://pypistats.org) is asked only for a small random sample of projects, spread
+  across popularity, on each refresh, to cross-check these counts; the refresh paces those requests
+  below pypistats' rate limits, to be gentle with a free service ([etiquette](https://pypistats.org/api/)).
+- Terms: ClickPy's public instance and the conditions of its use are described in ClickPy's
+  repository README ([ClickHouse/clickpy](https://github.com/ClickHouse/clickpy)). PyPI's download
+  data itself is public: anyone can query `bigquery-public-data.pypi`
+  ([how](https://packaging.python.org/en/latest/guides/analyzing-pypi-package-downloads/)).
+- Project names and URLs come from the [PyPI simple index](https://pypi.org/simple/).
+- This dataset is not affiliated with or endorsed by PyPI, the Python Software Foundation,
+  pypistats.org or ClickHouse Inc.
+"""
+
+
+def _clickhouse_limitations() -> str:
+    return f"""
+## Limitations
+
+- **All rows are refreshed together.** Each daily refresh counts every project on the index, so after
+  it the rows share one `updated_at` and one {STALE_DAYS}-day window. A refresh that fails leaves the
+  rows with the counts of the last one that succeeded.
+- **Mirrors are excluded.** Downloads by mirroring tools are not in the counts; nor are installs
+  from caches, private indexes or other mirrors that never reach PyPI. A download is not a user.
+- **`empty` means no data in the last 30 days:** ClickPy has no downloads of the project in the last
+  {STALE_DAYS} days (the case where pypistats answers 404). It does not mean the project was never downloaded.
+- **The counts lag by a day.** PyPI's download logs reach ClickPy during the next day; a refresh counts
+  up to the last complete UTC day before it, and only once ClickPy has loaded that day, so `last_day`
+  is the day before `updated_at`, not the day of `updated_at`.
+- **ClickPy is not pypistats.org.** Both count the same public logs with the same definition, but
+  each loads them on its own; counts can differ a little, which the cross-check with pypistats.org
+  measures.
+- Null counts with a null `status` are rows not fetched yet, not zero downloads.
+"""
+
+
 def _limitations() -> str:
     return f"""
 ## Limitations
@@ -301,20 +485,21 @@ def _limitations() -> str:
 """
 
 
-def _citation(repo_id: str | None, snapshot: str | None) -> str:
+def _citation(repo_id: str | None, snapshot: str | None, counts_source: str = SOURCE_PYPISTATS) -> str:
     key = re.sub(r"[^A-Za-z0-9]+", "_", repo_id).strip("_").lower() if repo_id else "pypi_download_counts"
+    source, credit = _CITATION_SOURCES[counts_source]
     fields = [("title", f"{{{PRETTY_NAME}}}")]
     if repo_id:
         fields += [("author", f"{{{repo_id.split('/')[0]}}}"), ("howpublished", f"{{\\url{{{HUB_DATASETS_URL}{repo_id}}}}}")]
     if snapshot:
         # The snapshot's year, not today's: the card must not change by itself.
-        fields += [("year", f"{{{snapshot[:4]}}}"), ("note", f"{{Download counts from pypistats.org, snapshot {snapshot}}}")]
+        fields += [("year", f"{{{snapshot[:4]}}}"), ("note", f"{{Download counts from {source}, snapshot {snapshot}}}")]
     else:
-        fields.append(("note", "{Download counts from pypistats.org}"))
+        fields.append(("note", f"{{Download counts from {source}}}"))
     width = max(len(name) for name, _ in fields)
     entry = ",\n".join(f"  {name.ljust(width)} = {value}" for name, value in fields)
     return (
-        "## Citation\n\nIf you use this dataset, please cite it, and credit pypistats.org and PyPI's "
+        f"## Citation\n\nIf you use this dataset, please cite it, and credit {credit} and PyPI's "
         f"public download data it is built from:\n\n```bibtex\n@misc{{{key},\n{entry}\n}}\n```"
     )
 

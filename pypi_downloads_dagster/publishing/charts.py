@@ -1,11 +1,13 @@
-"""The two charts published next to the dataset: the download distribution and the top packages.
+"""The charts published next to the dataset: the download distribution, the top packages and, when
+the caller has the daily history, the download trend of the top projects.
 
 Rendering uses matplotlib's object-oriented API on an Agg canvas, never `pyplot`, whose global
 figure registry is not thread-safe (Dagster runs assets in threads). PNGs carry no software or
 time metadata, so the same frame always gives byte-identical files and an unchanged chart is never
 re-committed. The statistics the charts (and the dataset card) show are small functions of plain
 arrays so they can be tested directly. Each chart names its snapshot date, the newest `updated_at`
-in the frame (never the wall clock, which would change the bytes of an unchanged dataset).
+in the frame (never the wall clock, which would change the bytes of an unchanged dataset); the
+trend chart names the date range of its rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter, DayLocator
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image  # Pillow is a dependency of matplotlib
@@ -24,6 +27,8 @@ from PIL import Image  # Pillow is a dependency of matplotlib
 from pypi_downloads_dagster.dataset.schema import COUNT_COLUMNS
 
 CHART_FILES = ("download_distribution.png", "top_packages.png")
+#: Drawn only when `render_charts` is given the daily downloads of the top projects.
+TREND_CHART = "download_trend.png"
 PERIOD_LABELS = {"last_day": "Last day", "last_week": "Last week", "last_month": "Last month"}
 PERCENTILES = (50, 90, 95, 99)
 TOP_N = 20
@@ -32,6 +37,7 @@ HISTOGRAM_BINS = 50
 DPI = 100
 DISTRIBUTION_SIZE = (18, 10)  # inches at DPI: 1800 x 1000 px
 TOP_PACKAGES_SIZE = (14, 7.5)  # 1400 x 750 px
+TREND_SIZE = TOP_PACKAGES_SIZE  # 1400 x 750 px, like top_packages.png beside it
 _PERCENTILE_COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple")
 _BAR_COLORS = {"last_day": "tab:blue", "last_week": "tab:orange", "last_month": "tab:green"}
 _CURVE_POINTS = 500  # points drawn per cumulative curve; the full curve has one per package
@@ -118,17 +124,55 @@ def top_packages(frame: pd.DataFrame, n: int = TOP_N, by: str = "last_month") ->
     return subset.sort_values([by, "name"], ascending=[False, True], kind="stable").head(n).reset_index(drop=True)
 
 
+def trend_lines(trend: pd.DataFrame) -> pd.DataFrame:
+    """The daily downloads in `trend` (columns `date`, `name`, `downloads`) as one column per project:
+    indexed by the days that have any row (datetime64, ascending), a project's missing day is 0,
+    columns ordered by total downloads over those days (most first, ties by name). Rows of one
+    project and day are summed; a time of day is dropped. Empty when `trend` has no rows."""
+    if trend.empty:
+        return pd.DataFrame(index=pd.DatetimeIndex([], name="date"), dtype="int64")
+    rows = pd.DataFrame(
+        {
+            "date": pd.to_datetime(trend["date"]).dt.normalize().to_numpy(),
+            "name": trend["name"].astype(str).to_numpy(),
+            "downloads": trend["downloads"].to_numpy(dtype="int64"),
+        }
+    )
+    wide = rows.pivot_table(index="date", columns="name", values="downloads", aggfunc="sum", fill_value=0).astype("int64")
+    totals = wide.sum()
+    order = sorted(totals.index, key=lambda name: (-int(totals[name]), name))
+    wide = wide[order].sort_index()
+    wide.columns.name = None
+    return wide
+
+
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def render_charts(frame: pd.DataFrame) -> dict[str, bytes]:
-    """PNG bytes of both charts, keyed by the file names in `CHART_FILES`.
+def render_charts(frame: pd.DataFrame, *, trend: pd.DataFrame | None = None) -> dict[str, bytes]:
+    """PNG bytes of the charts, keyed by file name: the two of `CHART_FILES`, and `TREND_CHART` when
+    `trend` (daily downloads of the top projects, see `render_trend_chart`) is given.
 
     Accepts any number of rows, including none or none with counts (the panels then say "no data
     yet"). Deterministic: the same frame gives the same bytes.
     """
     distribution, top = CHART_FILES
-    return {distribution: _png(_distribution_figure(frame)), top: _png(_top_packages_figure(frame))}
+    images = {distribution: _png(_distribution_figure(frame)), top: _png(_top_packages_figure(frame))}
+    if trend is not None:
+        images[TREND_CHART] = render_trend_chart(trend)
+    return images
+
+
+def render_trend_chart(trend: pd.DataFrame) -> bytes:
+    """PNG bytes of `TREND_CHART`: one line per project of `trend` (columns `date`: datetime.date or
+    datetime64, `name`, `downloads`) over its days, log y axis, the legend ordered by total downloads.
+
+    Meant for a handful of projects (the top 10 over the last 90 days). A project without a row on a
+    day that other projects have is drawn at 0 for that day (at the bottom edge of the log axis); no
+    rows give a chart saying "no history yet". Deterministic: the same rows, in any order, give the
+    same bytes.
+    """
+    return _png(_trend_figure(trend))
 
 
 def _distribution_figure(frame: pd.DataFrame) -> Figure:
@@ -217,14 +261,65 @@ def _top_packages_figure(frame: pd.DataFrame) -> Figure:
     return fig
 
 
+def _trend_figure(trend: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=TREND_SIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    lines = trend_lines(trend)
+    if lines.empty:
+        _no_data(ax, "Daily downloads of the top projects", text="no history yet")
+        return fig
+    first, last = lines.index[0].date(), lines.index[-1].date()
+    projects = "project" if lines.shape[1] == 1 else f"{lines.shape[1]} projects"
+    span = f"{first:%Y-%m-%d} to {last:%Y-%m-%d}" if first != last else f"on {first:%Y-%m-%d}"
+    title = f"Daily downloads of the top {projects}, {span}"
+    values = lines.to_numpy(dtype="float64")
+    positive = values[values > 0]
+    if positive.size == 0:
+        _no_data(ax, title, text="no downloads in these days")
+        return fig
+    # A single day is a point, not a line: mark it so it shows.
+    marker = "o" if len(lines) == 1 else None
+    for name in lines.columns:
+        label = name if len(name) <= _NAME_WIDTH else name[: _NAME_WIDTH - 1] + "…"
+        ax.plot(lines.index.to_numpy(), lines[name].to_numpy(dtype="float64"), marker=marker, linewidth=1.8,
+                label=f"{label}: {int(lines[name].sum()):,}")
+    # Zeros have no place on a log axis: "clip" draws them at the bottom edge, which is kept below
+    # the lowest labelled tick so that a 0 cannot be read as that count.
+    ax.set_yscale("log", nonpositive="clip")
+    ticks = _log_ticks(positive.min(), positive.max())
+    has_zero = bool((values == 0).any())
+    ax.set_ylim(ticks[0] / 2 if has_zero else ticks[0], ticks[-1])
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: _count_tick(y)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    # Half a day of room at each end, so a line that starts or ends at the edge stays visible.
+    half_day = pd.Timedelta(hours=12)
+    ax.set_xlim(lines.index[0] - half_day, lines.index[-1] + half_day)
+    if (lines.index[-1] - lines.index[0]).days < 14:
+        # Days are the unit: a short range gets a tick per day, never ticks at hours.
+        ax.xaxis.set_major_locator(DayLocator())
+        ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
+    else:
+        locator = AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    if has_zero:
+        ax.text(0.01, 0.01, "a day without downloads is drawn at the bottom edge", transform=ax.transAxes,
+                ha="left", va="bottom", fontsize=9, color="0.4")
+    ax.set(title=title, xlabel="date (UTC)", ylabel="downloads per day (log scale)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="total in these days", fontsize=9)
+    ax.grid(alpha=0.3, which="major")
+    return fig
+
+
 def _snapshot_label(frame: pd.DataFrame) -> str:
     date = snapshot_date(frame)
     return f"snapshot {date} (UTC)" if date else "no rows fetched yet"
 
 
-def _no_data(ax, title: str) -> None:
+def _no_data(ax, title: str, text: str = "no data yet") -> None:
     ax.set_title(title)
-    ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", fontsize=18, color="0.5")
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=18, color="0.5")
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -125,3 +125,29 @@ def _same_as_repo(repo: DatasetRepo, existing: ExistingDataset, name: str, data:
     if name == DATASET_FILE and existing.source == DATASET_FILE:
         return existing.sha256 == hashlib.sha256(data).hexdigest()  # already downloaded once; no second read
     return repo.read_file(name, existing.revision) == data
+
+
+def publish_files(
+    repo: DatasetRepo,
+    build: Callable[[Optional[str], frozenset[str]], dict[str, bytes]],
+    message: str,
+    *,
+    attempts: int = PUBLISH_ATTEMPTS,
+) -> PublishOutcome:
+    """Commit files that sit beside the dataset (the history) on the current head: `build(head,
+    files at head)` gives them (it may read the head's own files to merge with). Files equal to
+    the head's are left out; nothing at all is committed when nothing changes. Read and built
+    again after a conflicting commit, up to `attempts` times."""
+    for attempt in range(1, attempts + 1):
+        head = repo.head()
+        present = repo.list_files(head) if head else frozenset()
+        files = build(head, present)
+        changed = {name: data for name, data in files.items() if not (head and name in present and repo.read_file(name, head) == data)}
+        if not changed:
+            return PublishOutcome(False, None, ())
+        try:
+            return PublishOutcome(True, repo.commit(changed, parent=head, message=message), tuple(sorted(changed)))
+        except PublishConflict:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 import threading
@@ -28,6 +29,13 @@ def counts_day_start(now: float) -> float:
     """Unix time when the current span of unchanging pypistats counts began."""
     offset = COUNTS_DAY_STARTS_AT_HOUR_UTC * 3600
     return (now - offset) // 86_400 * 86_400 + offset
+
+
+def counts_day_of(fetched_at: float) -> dt.date:
+    """The UTC day whose downloads a fetch at `fetched_at` got as `last_day`: the day before the
+    span of counts it fell in began (pypistats refreshes after 01:00 UTC for the day before)."""
+    start = dt.datetime.fromtimestamp(counts_day_start(fetched_at), tz=dt.timezone.utc).date()
+    return start - dt.timedelta(days=1)
 
 
 def daily_capacity(pacing_interval: float, egresses: int) -> int:
