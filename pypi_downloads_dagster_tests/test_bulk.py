@@ -200,9 +200,9 @@ def test_history_for_a_range_is_one_run_and_a_commit_per_batch_equal_to_the_defi
     day = world["day"]
     start = day - dt.timedelta(days=32)  # 33 days: a batch of 31, then one of 2
     env = {"COUNTS_SOURCE": "clickhouse", "CLICKHOUSE_URL": world["clickhouse"].url, "PYPI_DOWNLOADS_DIR": str(world["repo"])}
-    defs = build_definitions(env)
-    job = defs.resolve_job_def("publish_history")
     with dg.instance_for_test() as instance:
+        # Built inside the instance's context: Dagster ties definitions state to the current instance.
+        job = build_definitions(env).resolve_job_def("publish_history")
         result = job.execute_in_process(
             instance=instance,
             tags={"dagster/asset_partition_range_start": str(start), "dagster/asset_partition_range_end": str(day)},

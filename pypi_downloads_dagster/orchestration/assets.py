@@ -648,6 +648,8 @@ def publish(
     repo = dataset_repo.repo()
     store = fetch_store(context)
     chunks = store.read_all()
+    chunks_merged, fetched = len(chunks), newest_fetches(chunks.values())
+    del chunks  # at full scale every stored row twice would be a few hundred MB held for nothing
     bulk = latest_metadata(context.instance, "bulk_counts")[0] if clickhouse.enabled else {}
     refresh_status = _bulk_refresh_status(bulk) if clickhouse.enabled else _refresh_status(context)
     trend = _trend(context, clickhouse)
@@ -666,7 +668,7 @@ def publish(
         publication = publish_snapshot(
             repo,
             projects=pypi_index,
-            fetched=newest_fetches(chunks.values()),
+            fetched=fetched,
             guards=config.guards(),
             render_files=render_files,
             message=lambda p: _commit_message(context.run.tags, _status_counts(p.frame)),
@@ -694,7 +696,7 @@ def publish(
             **counts,
             "published_on_revision": publication.existing.revision or "none (new repo)",
             "publish_attempts": publication.attempts,
-            "chunks_merged": len(chunks),
+            "chunks_merged": chunks_merged,
             "rows_updated": stats.updated,
             "projects_added": stats.added,
             "projects_removed": stats.removed,
