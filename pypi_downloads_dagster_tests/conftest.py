@@ -55,21 +55,10 @@ def instance_env(request, tmp_path, monkeypatch):
     write_instance(home, request.param)
     env = {"DAGSTER_HOME": str(home)}
     if request.param == "postgres":
-        import uuid
-
-        import sqlalchemy as sa
+        from pypi_downloads_dagster_tests.postgres import create_database
 
         pg = request.getfixturevalue("postgres_env")
-        db = f"t_{uuid.uuid4().hex[:12]}"  # a database per test: nothing left from another
-        admin = sa.create_engine(
-            f"postgresql+psycopg2://{pg['DAGSTER_POSTGRES_USER']}:{pg['DAGSTER_POSTGRES_PASSWORD']}@"
-            f"{pg['DAGSTER_POSTGRES_HOSTNAME']}:{pg['DAGSTER_POSTGRES_PORT']}/postgres",
-            isolation_level="AUTOCOMMIT",
-        )
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {db}"))
-        admin.dispose()
-        env.update({**pg, "DAGSTER_POSTGRES_DB": db, "PYPI_DOWNLOADS_SHARED_DIR": str(tmp_path / "shared")})
+        env.update({**pg, "DAGSTER_POSTGRES_DB": create_database(pg), "PYPI_DOWNLOADS_SHARED_DIR": str(tmp_path / "shared")})
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return home, {**os.environ, **env}

@@ -74,3 +74,22 @@ def postgres_server():
         with contextlib.suppress(Exception):
             run(_binary("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def create_database(env: dict) -> str:
+    """A new, empty database on the server of `env` (DAGSTER_POSTGRES_*): one per test, so no
+    test sees another's runs or leases. Returns its name."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(
+        f"postgresql+psycopg2://{env['DAGSTER_POSTGRES_USER']}:{env['DAGSTER_POSTGRES_PASSWORD']}@"
+        f"{env['DAGSTER_POSTGRES_HOSTNAME']}:{env['DAGSTER_POSTGRES_PORT']}/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return name

@@ -35,7 +35,6 @@ from pypi_downloads_dagster.services.clickhouse import (  # noqa: E402 - after t
 from pypi_downloads_dagster_tests.fakes.clickhouse import (  # noqa: E402
     ChdbEngine,
     FakeClickHouse,
-    create_downloads_table,
     load_downloads,
     synthetic_downloads,
 )

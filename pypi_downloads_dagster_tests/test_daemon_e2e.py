@@ -3,6 +3,7 @@ deploy/dagster.yaml in a temporary DAGSTER_HOME, against the local services. One
 GraphQL and the daemon alone runs the chunks, checkpoints and the final publish. Then a chunk run is
 killed mid-flight, the next plan starts, and every fetched row is still published, none asked twice."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -60,26 +61,34 @@ def cycle(tmp_path):
     with FakeIndex(FIRST) as index, FakePypistats(
         STATS, per_second=5, per_minute=30, second_window=0.2, minute_window=3.0
     ) as stats, hub.serve() as hub_server:
-        port = free_port()
         env = service_env(
             index=index, stats=stats, hub_url=hub_server.url, repo=REPO, token=TOKEN, dagster_home=home,
             max_per_second=20, max_per_minute=500, PYPI_DOWNLOADS_SENSOR_INTERVAL=2, PYPI_DOWNLOADS_DEPLOY_SPAN=6,
         )
-        log = open(tmp_path / "dagster_dev.log", "w")
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            wait_for(lambda: _up(port), 180, "dagster dev to serve")
+        with dagster_dev(env, tmp_path / "dagster_dev.log") as port:
             yield {"port": port, "home": home, "index": index, "stats": stats, "hub": hub, "log": tmp_path / "dagster_dev.log"}
-        finally:
-            os.killpg(dev.pid, signal.SIGTERM)
-            try:
-                dev.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(dev.pid, signal.SIGKILL)
-            log.close()
+
+
+@contextlib.contextmanager
+def dagster_dev(env: dict, log_path: Path):
+    """`dagster dev` (webserver and daemon) with `env`, its output in `log_path`; yields its port
+    once it serves, and stops the whole process group after."""
+    port = free_port()
+    log = open(log_path, "w")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _up(port), 180, "dagster dev to serve")
+        yield port
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)
+        try:
+            dev.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+        log.close()
 
 
 def _up(port: int) -> bool:

@@ -17,7 +17,6 @@ import dagster as dg
 from pypi_downloads_dagster.orchestration import assets
 from pypi_downloads_dagster.cli import run_failure
 from pypi_downloads_dagster.dataset.store import FetchStore
-from pypi_downloads_dagster.publishing.hub import HubDatasetRepo
 from pypi_downloads_dagster.orchestration.partitions import recent_stats_chunks
 from pypi_downloads_dagster.orchestration.resources import ClickHouseSource, DatasetRepoResource, PypiIndexSource, PypistatsApi
 from pypi_downloads_dagster.dataset.schema import DATASET_FILE, LEGACY_DATASET_FILE, conform, dataset_to_parquet, read_dataset_file

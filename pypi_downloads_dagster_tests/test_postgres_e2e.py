@@ -3,14 +3,9 @@ daemon (`dagster dev`) runs a cycle and `sync` is started beside it on the same 
 package is asked of pypistats exactly once, and the last plan is published whole."""
 
 import os
-import signal
 import subprocess
-import sys
-import time
-import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from pypi_downloads_dagster.orchestration.partitions import current_plan
 from pypi_downloads_dagster.dataset.schema import normalize_name, read_dataset_file
@@ -20,7 +15,8 @@ from pypi_downloads_dagster_tests.fakes.hub import FakeHub
 from pypi_downloads_dagster_tests.fakes.pypi_index import FakeIndex
 from pypi_downloads_dagster_tests.fakes.pypistats import FakePypistats
 from pypi_downloads_dagster_tests.test_cli import CLI
-from pypi_downloads_dagster_tests.test_daemon_e2e import ROOT, _up, answered, final_published, free_port, launch_plan, wait_for
+from pypi_downloads_dagster_tests.postgres import create_database
+from pypi_downloads_dagster_tests.test_daemon_e2e import answered, dagster_dev, final_published, launch_plan, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -28,19 +24,6 @@ REPO = "tester/pypi-downloads"
 TOKEN = "hf_pg_secret"
 NAMES = [f"Proj_{i:02d}" for i in range(24)]
 STATS = {normalize_name(n): (i, 7 * i, 30 * i) for i, n in enumerate(NAMES, start=1)}
-
-
-def fresh_database(pg: dict) -> str:
-    name = f"e2e_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(
-        f"postgresql+psycopg2://{pg['DAGSTER_POSTGRES_USER']}:{pg['DAGSTER_POSTGRES_PASSWORD']}@"
-        f"{pg['DAGSTER_POSTGRES_HOSTNAME']}:{pg['DAGSTER_POSTGRES_PORT']}/postgres",
-        isolation_level="AUTOCOMMIT",
-    )
-    with engine.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return name
 
 
 def latest_plan(env: dict):
@@ -69,19 +52,12 @@ def test_the_daemon_and_sync_on_one_postgres_instance_ask_every_package_once(tmp
         env = service_env(
             index=index, stats=stats, hub_url=hub_server.url, repo=REPO, token=TOKEN, dagster_home=home,
             max_per_second=20, max_per_minute=500, PYPI_DOWNLOADS_SENSOR_INTERVAL=2, PYPI_DOWNLOADS_DEPLOY_SPAN=6,
-            **{**postgres_env, "DAGSTER_POSTGRES_DB": fresh_database(postgres_env)},
+            **{**postgres_env, "DAGSTER_POSTGRES_DB": create_database(postgres_env)},
             PYPI_DOWNLOADS_SHARED_DIR=tmp_path / "shared",
         )
         # The instance's tables exist before its processes start (as after `dagster instance migrate`).
         latest_plan(env)
-        port = free_port()
-        log = open(tmp_path / "dagster_dev.log", "w")
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            wait_for(lambda: _up(port), 180, "dagster dev to serve")
+        with dagster_dev(env, tmp_path / "dagster_dev.log") as port:
             launch_plan(port, chunk_size=4)
             wait_for(lambda: latest_plan(env), 120, "the daemon's plan")
             sync = subprocess.run([*CLI, "sync", "--chunk-size", "4"], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
@@ -95,13 +71,6 @@ def test_the_daemon_and_sync_on_one_postgres_instance_ask_every_package_once(tmp
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
-        finally:
-            os.killpg(dev.pid, signal.SIGTERM)
-            try:
-                dev.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(dev.pid, signal.SIGKILL)
-            log.close()
 
     print(sync.stdout)
     data = read_dataset_file(hub.files(REPO)["dataset.parquet"], "dataset.parquet").set_index("name")
