@@ -86,3 +86,15 @@ def load_clickhouse(clickhouse_engine):
         load_downloads(clickhouse_engine, rows)
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_dagster_instance():
+    """Each test starts with no "current" instance state: Dagster keeps the definitions-state
+    storage of the last instance entered in a context variable, and a test that left one behind
+    made the next test's definitions fail to load ("undefined DagsterInstance weakref")."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    token = _current_storage.set(None)
+    yield
+    _current_storage.reset(token)
