@@ -52,8 +52,7 @@ def bulk_fetched(projects: pd.DataFrame, counts: pd.DataFrame, fetched_at: float
     for column in COUNT_COLUMNS:
         values = np.zeros(len(frame), dtype="int64")
         values[has] = found[column].to_numpy(dtype="int64")[position[has]]
-        frame[column] = pd.array(np.where(has, values, 0), dtype="Int64")
-        frame.loc[~has, column] = pd.NA
+        frame[column] = pd.arrays.IntegerArray(values, ~has)  # null where ClickHouse had no downloads
     frame["status"] = np.where(has, STATUS_VALID, STATUS_EMPTY).astype(object)
     frame["updated_at"] = float(fetched_at)
     return frame, int((~on_index).sum())
